@@ -1,0 +1,74 @@
+"""The array backend: NumPy on the CPU, CuPy on a GPU, chosen in exactly one place.
+
+Every array minidni creates comes from `xp()` (the active array module), and every math function in
+`minidni.functional` works on whatever module its inputs belong to. The backend is picked once, from the
+`MINIDNI_BACKEND` environment variable ("numpy" or "cupy") or by calling `set_backend`.
+
+What this module deliberately is not: a fallback. Asking for CuPy where CuPy is not installed, or where it has
+no usable GPU, raises `BackendError` that says so. A silent fallback to NumPy would let "GPU" runs and tests pass
+on the CPU without anyone noticing.
+"""
+
+import os
+
+import numpy as np
+
+BACKENDS = ("numpy", "cupy")
+DEFAULT_DTYPE = np.float32  # training runs in float32; gradient checks build float64 models explicitly
+
+
+class BackendError(RuntimeError):
+    """The requested array backend cannot be used on this machine."""
+
+
+_state = {"name": None, "module": None}
+
+
+def _load_cupy():
+    try:
+        import cupy
+    except ImportError as e:  # not installed at all
+        raise BackendError(
+            "MINIDNI_BACKEND=cupy was requested but CuPy is not installed. "
+            "Install the wheel matching your CUDA (e.g. `pip install cupy-cuda13x`) or use the numpy backend."
+        ) from e
+    if not cupy.is_available():  # installed, but no driver or no GPU
+        raise BackendError(
+            "MINIDNI_BACKEND=cupy was requested but CuPy finds no usable GPU (cupy.is_available() is False: "
+            "no CUDA driver or no device). Use the numpy backend on this machine."
+        )
+    return cupy
+
+
+def set_backend(name):
+    """Select the array backend, "numpy" or "cupy". Raises BackendError if it cannot be used."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    module = np if name == "numpy" else _load_cupy()
+    _state["name"], _state["module"] = name, module
+    return module
+
+
+def backend_name():
+    """The name of the active backend, resolving MINIDNI_BACKEND on first use."""
+    if _state["name"] is None:
+        set_backend(os.environ.get("MINIDNI_BACKEND", "numpy").strip().lower() or "numpy")
+    return _state["name"]
+
+
+def xp():
+    """The active array module (numpy or cupy)."""
+    backend_name()
+    return _state["module"]
+
+
+def array_module(a):
+    """The module an existing array belongs to, so math functions follow their inputs' device."""
+    return np if isinstance(a, np.ndarray) else xp()
+
+
+def to_numpy(a):
+    """A host (NumPy) copy of an array from either backend, for checkpoints, metrics and plots."""
+    if isinstance(a, (np.ndarray, np.generic)):
+        return a
+    return a.get()  # cupy.ndarray -> numpy.ndarray

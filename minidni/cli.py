@@ -1,0 +1,170 @@
+"""The command line, a thin layer over the Python API.
+
+    python -m minidni train --data mnist --model fcn3 --mode cdni --epochs 10 --batch 256 --seed 0 --out runs/cdni
+    python -m minidni train --out runs/cdni --epochs 20 --resume       (same flags as the first run, more epochs)
+    python -m minidni evaluate runs/cdni/checkpoint.npz
+    python -m minidni bench
+    python -m minidni data mnist                                       (fetch and verify MNIST into the cache)
+
+What this module deliberately is not: where anything is computed. Each command parses, validates, and calls
+minidni.train / minidni.bench / minidni.data.
+"""
+
+import argparse
+import math
+import sys
+
+from .train import TrainConfig
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonnegative_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
+    return v
+
+
+def _model(s):
+    if not (s.startswith("fcn") and s[3:].isdigit() and int(s[3:]) >= 2):
+        raise argparse.ArgumentTypeError(f"expected fcnN with N >= 2 (e.g. fcn3), got {s!r}")
+    return s
+
+
+def _fractions(s):
+    if s.strip().lower() == "none":
+        return ()
+    try:
+        fracs = tuple(float(p) for p in s.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0.6,0.8 (or none), got {s!r}") from None
+    if any(not 0 < f < 1 for f in fracs):
+        raise argparse.ArgumentTypeError(f"expected fractions strictly between 0 and 1, got {s!r}")
+    return fracs
+
+
+def build_parser():
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m minidni", description="Synthetic gradients and DNI, from scratch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,bench,data}")
+
+    t = sub.add_parser("train", help="train a network and write metrics, plot and checkpoint to --out")
+    t.add_argument("--data", choices=("mnist", "spirals"), default=d.data)
+    t.add_argument("--model", type=_model, default=d.model, help="fcnN: N-1 hidden blocks + output (default fcn3)")
+    t.add_argument("--mode", choices=("bprop", "nobprop", "dni", "cdni"), default=d.mode)
+    t.add_argument("--sg", choices=("auto", "linear", "mlp"), default=d.sg, help="SG module (auto: dni mlp, cdni linear)")
+    t.add_argument("--sg-hidden", type=_positive_int, default=d.sg_hidden, help="hidden width of an mlp SG module")
+    t.add_argument("--sg-layers", type=_positive_int, default=d.sg_layers, help="hidden layers of an mlp SG module")
+    t.add_argument("--sg-target", choices=("bootstrap", "true"), default=d.sg_target,
+                   help="what SG modules regress on: bootstrapped (paper) or true gradients (comparison)")
+    t.add_argument("--hidden", type=_positive_int, default=d.hidden, help="units per hidden block")
+    t.add_argument("--no-batchnorm", dest="batchnorm", action="store_false", help="drop batch norm from the blocks")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
+    t.add_argument("--lr", type=_positive_float, default=d.lr, help="learning rate of the layers")
+    t.add_argument("--sg-lr", type=_positive_float, default=d.sg_lr, help="learning rate of the SG modules")
+    t.add_argument("--momentum", type=float, default=d.momentum, help="momentum for --optimizer sgd")
+    t.add_argument("--lr-decay-at", type=_fractions, default=d.lr_decay_at,
+                   help="fractions of the run after which learning rates are multiplied by --lr-gamma "
+                   "(default 0.6,0.8 as in the paper; 'none' for a constant rate)")
+    t.add_argument("--lr-gamma", type=_positive_float, default=d.lr_gamma)
+    t.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    t.add_argument("--batch", type=_positive_int, default=d.batch)
+    t.add_argument("--seed", type=_nonnegative_int, default=d.seed)
+    t.add_argument("--val-size", type=_nonnegative_int, default=d.val_size, help="validation rows from the training set (default: mnist 5000, spirals 300)")
+    t.add_argument("--train-subset", type=_nonnegative_int, default=d.train_subset, help="train on this many rows (0: all)")
+    t.add_argument("--test-subset", type=_nonnegative_int, default=d.test_subset, help="evaluate on this many rows (0: all)")
+    t.add_argument("--diagnostics", action="store_true", help="log synthetic-vs-true gradient alignment per epoch")
+    t.add_argument("--sg-clip", type=_positive_float, default=None, help="clip synthetic gradients to this norm")
+    t.add_argument("--sg-max-norm", type=_positive_float, default=d.sg_max_norm, help="stop if a synthetic gradient exceeds this norm")
+    t.add_argument("--data-dir", default=None, help="data cache (default $MINIDNI_DATA or ~/.cache/minidni)")
+    t.add_argument("--out", default=d.out, help="output directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="report a checkpoint's test error")
+    e.add_argument("checkpoint", help="path to a checkpoint.npz written by train")
+    e.add_argument("--data-dir", default=None)
+
+    b = sub.add_parser("bench", help="steps/s, GFLOP/s and fraction of the matmul ceiling per training mode")
+    b.add_argument("--modes", default="bprop,dni,cdni", help="comma-separated: bprop, dni, cdni, dni_mlp")
+    b.add_argument("--batch", type=_positive_int, default=256)
+    b.add_argument("--steps", type=_positive_int, default=20, help="steps per timing")
+    b.add_argument("--repeats", type=_positive_int, default=7, help="timings per mode (the median is printed)")
+
+    g = sub.add_parser("data", help="fetch and verify a data set into the cache")
+    g.add_argument("name", choices=("mnist",))
+    g.add_argument("--data-dir", default=None)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  (results go to stdout, chatter to stderr)
+    from .checkpoint import CheckpointError
+    from .dni import DivergenceError
+
+    try:
+        if args.command == "train":
+            return _train(args, log)
+        if args.command == "evaluate":
+            from .train import evaluate
+
+            r = evaluate(args.checkpoint, log=log, data_dir=args.data_dir)
+            print(f"test error {r['test_error_pct']:.2f}% on {r['test_rows']} rows (checkpoint at epoch {r['epoch']})")
+            return 0
+        if args.command == "bench":
+            from .bench import BENCH_MODES, run
+
+            modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+            bad = [m for m in modes if m not in BENCH_MODES]
+            if bad or not modes:
+                parser.error(f"--modes: unknown {bad}; choose from {','.join(BENCH_MODES)}")
+            run(modes, batch=args.batch, steps=args.steps, repeats=args.repeats)
+            return 0
+        if args.command == "data":
+            from .data import fetch_mnist
+
+            fetch_mnist(cache_dir=args.data_dir, log=log)
+            return 0
+    except (CheckpointError, DivergenceError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch's checkpoint is intact; continue with --resume", file=sys.stderr)
+        return 130
+    return 2
+
+
+def _train(args, log):
+    from .train import train
+
+    fields = {f for f in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    metrics = train(cfg, resume=args.resume, log=log)
+    last = metrics[-1]
+    print(f"final test error {last['test_error_pct']:.2f}% after {last['epoch']} epochs ({cfg.mode}, {cfg.model}); "
+          f"run written to {cfg.out}")
+    return 0

@@ -1,0 +1,329 @@
+"""Decoupled blocks and the four ways to train a stack of them: bprop, nobprop, dni, cdni.
+
+Notation (Jaderberg et al. 2016), for a network of hidden blocks f_1 .. f_{N-1} and an output block f_N:
+
+    h_i = f_i(h_{i-1}),  h_0 = x                     block i's output           code: h
+    delta_i = dL/dh_i                                 the true gradient          code: dh_true
+    delta_hat_i = M_{i+1}(h_i [, y])                 its synthetic estimate     code: dh_syn
+    target for M_{i+1}: delta_hat_{i+1} d h_{i+1}/d h_i (bootstrapped), or delta_N-1 for the top module
+
+One DNI training step on a batch, in the order a decoupled system could run it (here sequentially):
+
+    for block i = 1 .. N-1:
+        h_i, cache_i  = f_i.forward(h_{i-1})
+        dh_syn_i      = M_{i+1}(h_i)                   # no waiting for the layers above
+        dx            = f_i.backward(dh_syn_i, cache_i) # also fills f_i's parameter gradients
+        f_i.update()                                    # block i is done with this batch
+        M_i.update(target = dx)                         # dx is delta_hat_i pulled back through f_i:
+                                                        # the bootstrapped target of the module below
+    logits = f_N.forward(h_{N-1});  dlogits = dL/dlogits
+    dx = f_N.backward(dlogits);  f_N.update();  M_N.update(target = dx)   # the only true gradient
+
+What this module deliberately is not: parallel. The order above is the logical order of the work; the
+point of DNI is that block i's update depends only on M_{i+1} and not on the blocks above, and that is what the
+tests check. Running blocks in separate workers is a later layer built on these same steps.
+"""
+
+import math
+
+import numpy as np
+
+from . import functional as F
+from .backend import DEFAULT_DTYPE, to_numpy, xp
+from .layers import BatchNorm1d, Linear, ReLU, Sequential
+from .synthetic import make_synthetic_gradient
+
+MODES = ("bprop", "nobprop", "dni", "cdni")
+SG_TARGETS = ("bootstrap", "true")
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite or exploding value; the message names where."""
+
+
+class DecoupledBlock:
+    """A stack of layers f_i plus the synthetic-gradient module M_{i+1} that predicts dL/dh_i for its output."""
+
+    def __init__(self, layers, sg=None, index=0, max_norm=1e3, clip=None):
+        self.layers = layers  # Sequential
+        self.sg = sg  # SyntheticGradient or None (the output block, or a locked network)
+        self.index = index  # position in the network, for error messages
+        self.max_norm = max_norm  # a synthetic gradient whose norm exceeds this stops the run
+        self.clip = clip  # optional: rescale synthetic gradients whose norm exceeds this
+
+    # -- the block's explicit steps -------------------------------------------------------------------------
+
+    def forward(self, x, train=True):
+        """x: (B, D_in) -> h: (B, D_out) and the block's cache."""
+        return self.layers.forward(x, train)
+
+    def synthetic_gradient(self, h, labels=None):
+        """dh_syn = M_{i+1}(h [, y]), checked for divergence (and clipped if asked): (B, D_out)."""
+        dh_syn, sg_cache = self.sg.predict(h, labels)
+        norm = math.sqrt(float(xp().vdot(dh_syn.ravel(), dh_syn.ravel())))  # one BLAS pass; NaN/inf propagate
+        if not math.isfinite(norm) or norm > self.max_norm:
+            raise DivergenceError(
+                f"synthetic gradient of block {self.index} diverged: ||dh_syn|| = {norm:.3g} "
+                f"(limit {self.max_norm:g}). Lower the synthetic-gradient learning rate, or set a clip."
+            )
+        if self.clip is not None and norm > self.clip:
+            dh_syn *= self.clip / norm
+        return dh_syn, sg_cache
+
+    def backward(self, dh, cache, need_dx=True):
+        """Pass a gradient dh: (B, D_out) down through the block: returns dx (B, D_in), fills the block's grads."""
+        return self.layers.backward(dh, cache, need_dx=need_dx)
+
+    def update(self):
+        self.layers.update()
+
+    def synthetic_step(self, h, cache, labels=None, need_dx=True):
+        """Update the block now from its synthetic gradient. Returns (dx, dh_syn, sg_cache): dx is delta_hat
+        pulled back through this block, which is the bootstrapped target of the SG module below."""
+        dh_syn, sg_cache = self.synthetic_gradient(h, labels)
+        dx = self.backward(dh_syn, cache, need_dx=need_dx)  # uses the parameters of the forward pass
+        self.update()
+        return dx, dh_syn, sg_cache
+
+    def sg_update(self, dh_syn, sg_cache, dh_target):
+        """M_{i+1}'s own regression step towards dh_target; returns its loss."""
+        return self.sg.update(dh_syn, sg_cache, dh_target)
+
+
+def fcn_blocks(depth, d_in=784, hidden=256, n_classes=10, batchnorm=True, rng=None, dtype=DEFAULT_DTYPE):
+    """The paper's FCN as layer stacks: depth-1 hidden blocks Linear -> BN -> ReLU, and a Linear output.
+
+    "FCN 3" (depth=3) is 784 -> 256 -> 256 -> 10.
+    """
+    if depth < 2:
+        raise ValueError(f"an FCN needs depth >= 2 (one hidden block and the output layer), got {depth}")
+    rng = np.random.default_rng(0) if rng is None else rng
+    stacks, width = [], d_in
+    for _ in range(depth - 1):
+        layers = [Linear(width, hidden, bias=not batchnorm, rng=rng, dtype=dtype)]  # BN's beta is the bias
+        if batchnorm:
+            layers.append(BatchNorm1d(hidden, dtype=dtype))
+        layers.append(ReLU())
+        stacks.append(Sequential(*layers))
+        width = hidden
+    stacks.append(Sequential(Linear(width, n_classes, init="xavier", rng=rng, dtype=dtype)))
+    return stacks
+
+
+class Network:
+    """A classifier of decoupled blocks trained in one of MODES.
+
+    blocks[:-1] are hidden blocks (each with an SG module under dni/cdni), blocks[-1] is the output block.
+    """
+
+    def __init__(self, stacks, mode="cdni", sgs=None, sg_target="bootstrap", max_norm=1e3, clip=None):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if sg_target not in SG_TARGETS:
+            raise ValueError(f"unknown sg_target {sg_target!r}; expected one of {SG_TARGETS}")
+        decoupled = mode in ("dni", "cdni")
+        if decoupled and (sgs is None or len(sgs) != len(stacks) - 1):
+            raise ValueError(f"mode {mode!r} needs one synthetic-gradient module per hidden block ({len(stacks) - 1})")
+        if not decoupled and sgs:
+            raise ValueError(f"mode {mode!r} trains no synthetic-gradient modules; pass sgs=None")
+        self.mode, self.sg_target = mode, sg_target
+        sgs = sgs if decoupled else [None] * (len(stacks) - 1)
+        self.blocks = [
+            DecoupledBlock(stack, sg, index=i, max_norm=max_norm, clip=clip)
+            for i, (stack, sg) in enumerate(zip(stacks, list(sgs) + [None]))
+        ]
+
+    @property
+    def hidden(self):
+        return self.blocks[:-1]
+
+    @property
+    def output(self):
+        return self.blocks[-1]
+
+    # -- training steps ---------------------------------------------------------------------------------------
+
+    def train_step(self, x, labels):
+        """One step on a batch x: (B, D_in), labels: (B,). Returns {"loss": float, "sg_loss": [float per block]}."""
+        if self.mode == "bprop":
+            return self._bprop_step(x, labels, train_hidden=True)
+        if self.mode == "nobprop":
+            return self._bprop_step(x, labels, train_hidden=False)
+        if self.sg_target == "true":
+            return self._dni_step_true_targets(x, labels)
+        return self._dni_step(x, labels)
+
+    def _loss(self, h, labels):
+        """Forward the output block and the loss: returns (loss, dlogits, output cache)."""
+        logits, cache = self.output.forward(h)
+        loss, dlogits = F.softmax_cross_entropy(logits, labels)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise DivergenceError(f"the training loss is {loss}; the network diverged (lower the learning rate)")
+        return loss, dlogits, cache
+
+    def _bprop_step(self, x, labels, train_hidden):
+        """Locked backprop: every block waits for the whole forward pass and for the gradient from above."""
+        caches, h = [], x
+        for block in self.hidden:
+            h, cache = block.forward(h)
+            caches.append(cache)
+        loss, dh, cache = self._loss(h, labels)
+        dh = self.output.backward(dh, cache, need_dx=train_hidden)
+        self.output.update()
+        if train_hidden:
+            for i in range(len(self.hidden) - 1, -1, -1):
+                dh = self.hidden[i].backward(dh, caches[i], need_dx=i > 0)
+                self.hidden[i].update()
+        return {"loss": loss, "sg_loss": []}
+
+    def _dni_step(self, x, labels):
+        """Every hidden block updates from its synthetic gradient as soon as it has produced h_i."""
+        n = len(self.hidden)
+        sg_loss = [0.0] * n
+        pending = [None] * n  # (dh_syn, sg_cache) of M_{i+1}, waiting for its target
+        h = x
+        for i, block in enumerate(self.hidden):
+            h_in = h
+            h, cache = block.forward(h_in)  # (B, D_i)
+            dx, dh_syn, sg_cache = block.synthetic_step(h, cache, labels, need_dx=i > 0)
+            if i > 0:  # dx = delta_hat_i pulled back through block i: the target of the module below
+                sg_loss[i - 1] = self.hidden[i - 1].sg_update(*pending[i - 1], dh_target=dx)
+            pending[i] = (dh_syn, sg_cache)
+        loss, dlogits, cache = self._loss(h, labels)
+        dh_true = self.output.backward(dlogits, cache)  # the true dL/dh_{N-1}: only the top module sees it
+        self.output.update()
+        sg_loss[n - 1] = self.hidden[n - 1].sg_update(*pending[n - 1], dh_target=dh_true)
+        return {"loss": loss, "sg_loss": sg_loss}
+
+    def _dni_step_true_targets(self, x, labels):
+        """For comparison: blocks still update from synthetic gradients, but each SG module regresses onto the
+        true gradient dL/dh_i of this batch (full backprop at the forward pass's parameters, so this is locked)."""
+        caches, hs, h = [], [], x
+        for block in self.hidden:
+            h, cache = block.forward(h)
+            caches.append(cache)
+            hs.append(h)
+        loss, dh, out_cache = self._loss(h, labels)
+        dh_true = [None] * len(self.hidden)
+        dh = self.output.backward(dh, out_cache)
+        self.output.update()
+        for i in range(len(self.hidden) - 1, -1, -1):  # true gradients, before any hidden block changes
+            dh_true[i] = dh
+            if i > 0:
+                dh = self.hidden[i].backward(dh, caches[i])
+        sg_loss = []
+        for i, block in enumerate(self.hidden):
+            _, dh_syn, sg_cache = block.synthetic_step(hs[i], caches[i], labels, need_dx=False)
+            sg_loss.append(block.sg_update(dh_syn, sg_cache, dh_true[i]))
+        return {"loss": loss, "sg_loss": sg_loss}
+
+    # -- evaluation and diagnostics --------------------------------------------------------------------------
+
+    def logits(self, x, batch=1000):
+        """Evaluation-mode forward (batch norm with running statistics): x (N, D_in) -> (N, K)."""
+        out = []
+        for s in range(0, x.shape[0], batch):
+            h = x[s : s + batch]
+            for block in self.blocks:
+                h, _ = block.forward(h, train=False)
+            out.append(h)
+        return xp().concatenate(out, axis=0)
+
+    def error_pct(self, x, labels, batch=1000):
+        pred = self.logits(x, batch).argmax(axis=1)
+        return 100.0 * float((pred != labels).mean())
+
+    def mean_loss(self, x, labels, batch=1000):
+        loss, _ = F.softmax_cross_entropy(self.logits(x, batch), labels)
+        return float(loss)
+
+    def gradient_alignment(self, x, labels):
+        """On a held-out batch: per hidden block, cosine similarity and relative error ||dh_syn - dh|| / ||dh||
+        between the synthetic gradient and the true backprop gradient. Changes no parameter or statistic."""
+        saved = {k: v.copy() for k, v in self.state_arrays().items() if "running_" in k}
+        hs, caches, h = [], [], x
+        for block in self.hidden:
+            h, cache = block.forward(h)  # training-mode batch norm, as in a training step
+            hs.append(h)
+            caches.append(cache)
+        _, dh, cache = self._loss(h, labels)
+        dh = self.output.backward(dh, cache)  # fills grads, which the next step overwrites; no update
+        cosine, rel_error = [], []
+        for i in range(len(self.hidden) - 1, -1, -1):
+            dh_syn, _ = self.hidden[i].sg.predict(hs[i], labels)
+            num = float(xp().vdot(dh_syn.ravel(), dh.ravel()))
+            n_syn, n_true = float(np.linalg.norm(to_numpy(dh_syn))), float(np.linalg.norm(to_numpy(dh)))
+            cosine.append(num / (n_syn * n_true) if n_syn > 0 and n_true > 0 else 0.0)
+            rel_error.append(float(np.linalg.norm(to_numpy(dh_syn - dh))) / n_true if n_true > 0 else float("nan"))
+            if i > 0:
+                dh = self.hidden[i].backward(dh, caches[i])
+        arrays = self.state_arrays()
+        for k, v in saved.items():  # the diagnostic forward must not move batch-norm running statistics
+            arrays[k][...] = v
+        return {"cosine": cosine[::-1], "rel_error": rel_error[::-1]}
+
+    # -- state ------------------------------------------------------------------------------------------------
+
+    def state_arrays(self):
+        """Every array of the network's state by name (parameters, statistics, optimiser moments)."""
+        out = {}
+        for i, block in enumerate(self.blocks):
+            out.update(block.layers.state_arrays(f"block{i}."))
+            if block.sg is not None:
+                out.update(block.sg.state_arrays(f"sg{i}."))
+        return out
+
+    def optimizers(self):
+        out = {}
+        for i, block in enumerate(self.blocks):
+            out.update(block.layers.optimizers(f"block{i}."))
+            if block.sg is not None:
+                out.update(block.sg.optimizers(f"sg{i}."))
+        return out
+
+    def set_lr_factor(self, factor):
+        for opt in self.optimizers().values():
+            opt.lr = opt.base_lr * factor
+
+
+def build_network(
+    depth=3,
+    mode="cdni",
+    sg="auto",
+    d_in=784,
+    hidden=256,
+    n_classes=10,
+    batchnorm=True,
+    sg_hidden=1024,
+    sg_layers=2,
+    sg_target="bootstrap",
+    optimizer="adam",
+    lr=1e-3,
+    sg_lr=3e-5,
+    momentum=0.9,
+    max_norm=1e3,
+    clip=None,
+    seed=0,
+    dtype=DEFAULT_DTYPE,
+):
+    """An FCN of `depth` layers trained in `mode`, with optimisers attached.
+
+    sg="auto" picks the paper's modules: an MLP (2 x 1024) for dni, a linear map for cdni.
+    """
+    from .optim import make_optimizer
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    rng = np.random.default_rng(seed)
+    stacks = fcn_blocks(depth, d_in, hidden, n_classes, batchnorm, rng, dtype)
+    sgs = None
+    if mode in ("dni", "cdni"):
+        kind = ("mlp" if mode == "dni" else "linear") if sg == "auto" else sg
+        ctx = n_classes if mode == "cdni" else None
+        sgs = [make_synthetic_gradient(kind, hidden, ctx, sg_hidden, sg_layers, rng, dtype) for _ in stacks[:-1]]
+        for m in sgs:
+            m.set_optimizer(lambda p: make_optimizer(optimizer, p, sg_lr, momentum))
+    for stack in stacks:
+        stack.set_optimizer(lambda p: make_optimizer(optimizer, p, lr, momentum))
+    return Network(stacks, mode, sgs, sg_target, max_norm=max_norm, clip=clip)

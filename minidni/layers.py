@@ -1,0 +1,201 @@
+"""Layer objects: parameters, gradient buffers and an optimiser, around the math of `minidni.functional`.
+
+    y, cache = layer.forward(x, train=True)
+    dx = layer.backward(dy, cache)          # also fills layer.grads
+    layer.update()                          # one optimiser step on layer.params
+
+A layer never remembers its last input: `forward` hands the cache to the caller, and `backward` takes it back.
+Two batches can therefore be in flight through the same layer at once (as they are under DNI), each with its
+own cache.
+
+What this module deliberately is not: a module tree with hooks, or an autograd graph. Sequential is a list.
+"""
+
+import numpy as np
+
+from . import functional as F
+from .backend import DEFAULT_DTYPE, xp
+
+
+class Layer:
+    """Base class. Subclasses with parameters fill `params` and `grads` (same keys, same shapes)."""
+
+    def __init__(self):
+        self.params = {}  # name -> array, updated in place
+        self.grads = {}  # name -> array, overwritten by each backward
+        self.buffers = {}  # name -> array that is state but not trained (batch-norm running statistics)
+        self.optimizer = None
+
+    def forward(self, x, train=True):
+        raise NotImplementedError
+
+    def backward(self, dy, cache, need_dx=True):
+        raise NotImplementedError
+
+    def set_optimizer(self, make_optimizer):
+        """`make_optimizer(params) -> Optimizer`; layers without parameters need none."""
+        self.optimizer = make_optimizer(self.params) if self.params else None
+
+    def update(self):
+        if self.optimizer is not None:
+            self.optimizer.step(self.grads)
+
+    def state_arrays(self, prefix=""):
+        """Every array that defines this layer's state, by name: parameters, buffers, optimiser state."""
+        out = {f"{prefix}{k}": v for k, v in self.params.items()}
+        out.update({f"{prefix}{k}": v for k, v in self.buffers.items()})
+        if self.optimizer is not None:
+            out.update({f"{prefix}opt.{k}": v for k, v in self.optimizer.state_arrays().items()})
+        return out
+
+    def optimizers(self, prefix=""):
+        return {prefix.rstrip("."): self.optimizer} if self.optimizer is not None else {}
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class Linear(Layer):
+    """z = x W + b, with W: (D_in, D_out) so that a batch is a row-major (B, D_in) matrix."""
+
+    def __init__(self, d_in, d_out, init="he", bias=True, rng=None, dtype=DEFAULT_DTYPE):
+        """bias=False drops b: right before batch norm, which subtracts the mean, a bias has no effect."""
+        super().__init__()
+        if d_in <= 0 or d_out <= 0:
+            raise ValueError(f"Linear needs positive sizes, got d_in={d_in}, d_out={d_out}")
+        self.d_in, self.d_out = d_in, d_out
+        rng = np.random.default_rng(0) if rng is None else rng
+        if init == "he":  # keeps the variance of ReLU activations constant from layer to layer
+            W = rng.standard_normal((d_in, d_out)) * np.sqrt(2.0 / d_in)
+        elif init == "xavier":
+            W = rng.standard_normal((d_in, d_out)) * np.sqrt(1.0 / d_in)
+        elif init == "zeros":  # the output layer of every synthetic-gradient module
+            W = np.zeros((d_in, d_out))
+        else:
+            raise ValueError(f"unknown init {init!r}; expected 'he', 'xavier' or 'zeros'")
+        backend = xp()
+        self.params = {"W": backend.asarray(W, dtype=dtype)}
+        if bias:
+            self.params["b"] = backend.zeros(d_out, dtype=dtype)
+        self.grads = {k: backend.zeros_like(v) for k, v in self.params.items()}
+
+    def forward(self, x, train=True):
+        return F.linear_forward(x, self.params["W"], self.params.get("b"))
+
+    def backward(self, dy, cache, need_dx=True):
+        has_b = "b" in self.params
+        dx, _, _ = F.linear_backward(dy, cache, self.grads["W"], self.grads.get("b"), need_dx=need_dx, need_db=has_b)
+        return dx
+
+    def __repr__(self):
+        return f"Linear({self.d_in}, {self.d_out}{'' if 'b' in self.params else ', bias=False'})"
+
+
+class ReLU(Layer):
+    def forward(self, x, train=True):
+        return F.relu_forward(x)
+
+    def backward(self, dy, cache, need_dx=True):
+        return F.relu_backward(dy, cache)
+
+
+class Tanh(Layer):
+    def forward(self, x, train=True):
+        return F.tanh_forward(x)
+
+    def backward(self, dy, cache, need_dx=True):
+        return F.tanh_backward(dy, cache)
+
+
+class Sigmoid(Layer):
+    def forward(self, x, train=True):
+        return F.sigmoid_forward(x)
+
+    def backward(self, dy, cache, need_dx=True):
+        return F.sigmoid_backward(dy, cache)
+
+
+class BatchNorm1d(Layer):
+    """Batch normalisation of (B, D) activations.
+
+    train=True normalises with the batch's statistics and folds them into the running estimates;
+    train=False uses the running estimates (evaluation), which makes the layer a fixed affine map.
+    """
+
+    def __init__(self, d, momentum=0.1, eps=1e-5, dtype=DEFAULT_DTYPE):
+        super().__init__()
+        self.d, self.momentum, self.eps = d, momentum, eps
+        backend = xp()
+        self.params = {"gamma": backend.ones(d, dtype=dtype), "beta": backend.zeros(d, dtype=dtype)}
+        self.grads = {k: backend.zeros_like(v) for k, v in self.params.items()}
+        self.buffers = {"running_mean": backend.zeros(d, dtype=dtype), "running_var": backend.ones(d, dtype=dtype)}
+
+    def forward(self, x, train=True):
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        if not train:
+            y = F.batchnorm_forward_eval(x, gamma, beta, self.buffers["running_mean"], self.buffers["running_var"], self.eps)
+            return y, None
+        if x.shape[0] < 2:
+            raise ValueError("BatchNorm1d in training mode needs a batch of at least 2 rows")
+        y, cache = F.batchnorm_forward_train(x, gamma, beta, self.eps)
+        _, _, _, mean, var = cache
+        B = x.shape[0]
+        # exponential moving averages; the running variance is the unbiased estimate, as is customary
+        self.buffers["running_mean"] *= 1 - self.momentum
+        self.buffers["running_mean"] += self.momentum * mean
+        self.buffers["running_var"] *= 1 - self.momentum
+        self.buffers["running_var"] += (self.momentum * B / (B - 1)) * var
+        return y, cache
+
+    def backward(self, dy, cache, need_dx=True):
+        if cache is None:
+            raise RuntimeError("BatchNorm1d.backward needs a cache from forward(train=True)")
+        dx, _, _ = F.batchnorm_backward(dy, cache, dgamma=self.grads["gamma"], dbeta=self.grads["beta"])
+        return dx
+
+    def __repr__(self):
+        return f"BatchNorm1d({self.d})"
+
+
+class Sequential(Layer):
+    """Layers applied in order; the cache is the list of the layers' caches."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.layers = list(layers)
+
+    def forward(self, x, train=True):
+        caches = []
+        for layer in self.layers:
+            x, cache = layer.forward(x, train)
+            caches.append(cache)
+        return x, caches
+
+    def backward(self, dy, caches, need_dx=True):
+        for i in range(len(self.layers) - 1, -1, -1):
+            # the first layer's input gradient is computed only if the caller wants it
+            dy = self.layers[i].backward(dy, caches[i], need_dx=need_dx or i > 0)
+        return dy
+
+    def set_optimizer(self, make_optimizer):
+        for layer in self.layers:
+            layer.set_optimizer(make_optimizer)
+
+    def update(self):
+        for layer in self.layers:
+            layer.update()
+
+    def state_arrays(self, prefix=""):
+        out = {}
+        for i, layer in enumerate(self.layers):
+            out.update(layer.state_arrays(f"{prefix}{i}."))
+        return out
+
+    def optimizers(self, prefix=""):
+        out = {}
+        for i, layer in enumerate(self.layers):
+            out.update(layer.optimizers(f"{prefix}{i}."))
+        return out
+
+    def __repr__(self):
+        return "Sequential(" + ", ".join(map(repr, self.layers)) + ")"

@@ -1,0 +1,384 @@
+"""The training run: data, model, epochs, metrics, plots and resumable checkpoints in one output directory.
+
+    cfg = TrainConfig(model="fcn3", mode="cdni", epochs=10, out="runs/cdni")
+    history = train(cfg)
+
+The output directory holds
+    config.json     the configuration, library versions, git revision and BLAS threads of the run
+    metrics.jsonl   one JSON object per epoch (epoch, train_loss, test_error_pct, seconds, ...)
+    curves.png      the learning curves
+    checkpoint.npz  everything needed to continue exactly (parameters, optimiser moments, RNG state, epoch)
+
+Every file is written atomically. `train(cfg, resume=True)` continues from the checkpoint and produces the same
+metrics, bit for bit, as a run that was never interrupted (except the wall-clock `seconds`).
+
+What this module deliberately is not: a general experiment framework. It trains the FCN classifiers of
+minidni.dni on the data sets of minidni.data.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+from .backend import backend_name, to_numpy, xp
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, restore_arrays, save_checkpoint
+from .dni import MODES, SG_TARGETS, build_network
+from .optim import StepSchedule
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+CURVES = "curves.png"
+
+# configuration fields that may change when a run is resumed; everything else must match the checkpoint
+RESUMABLE_CHANGES = ("epochs", "out", "progress", "data_dir")
+N_CLASSES = {"mnist": 10, "spirals": 3}
+DEFAULT_VAL_SIZE = {"mnist": 5000, "spirals": 300}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str = "mnist"  # "mnist" or "spirals"
+    model: str = "fcn3"  # "fcnN": N-1 hidden blocks (Linear -> BN -> ReLU) + a linear output layer
+    mode: str = "cdni"  # bprop | nobprop | dni | cdni
+    sg: str = "auto"  # synthetic-gradient module: auto (dni: mlp, cdni: linear, as in the paper) | linear | mlp
+    sg_hidden: int = 1024  # width of the hidden layers of an mlp SG module (paper: 1024)
+    sg_layers: int = 2  # number of hidden layers of an mlp SG module (paper: 2)
+    sg_target: str = "bootstrap"  # bootstrap (the paper) | true (SG modules regress on true gradients)
+    hidden: int = 256  # units per hidden block (paper: 256)
+    batchnorm: bool = True
+    optimizer: str = "adam"  # adam | sgd (with momentum)
+    lr: float = 1e-3  # learning rate of the network's layers
+    sg_lr: float = 3e-5  # learning rate of the SG modules: their targets are O(1/batch), see docs/dni.md
+    momentum: float = 0.9  # for sgd
+    lr_decay_at: tuple = (0.6, 0.8)  # fractions of the run after which every lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1  # (the paper: / 10 at 300k and 400k of 500k iterations, i.e. at 0.6 and 0.8)
+    epochs: int = 10
+    batch: int = 256
+    seed: int = 0
+    val_size: int = None  # validation rows carved from the training set, to tune on (None: mnist 5000, spirals 300)
+    train_subset: int = 0  # if > 0, train on only this many (shuffled) training rows: quick runs and tests
+    test_subset: int = 0  # if > 0, evaluate on only the first this-many test rows
+    diagnostics: bool = False  # log cosine / relative error of synthetic vs true gradients each epoch
+    sg_clip: float = None  # rescale synthetic gradients whose norm exceeds this (None: never)
+    sg_max_norm: float = 1e3  # stop the run if a synthetic gradient's norm exceeds this
+    data_dir: str = None  # data cache directory (default: $MINIDNI_DATA or ~/.cache/minidni)
+    out: str = "runs/run"
+    progress: bool = True  # show a progress bar
+
+    def validate(self):
+        """Raise ValueError naming the first bad field and what was expected."""
+        if self.data not in ("mnist", "spirals"):
+            raise ValueError(f"data must be 'mnist' or 'spirals', got {self.data!r}")
+        depth(self.model)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.sg not in ("auto", "linear", "mlp"):
+            raise ValueError(f"sg must be 'auto', 'linear' or 'mlp', got {self.sg!r}")
+        if self.sg_target not in SG_TARGETS:
+            raise ValueError(f"sg_target must be one of {SG_TARGETS}, got {self.sg_target!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        for name in ("sg_hidden", "sg_layers", "hidden", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch < 2:
+            raise ValueError(f"batch must be >= 2 (batch norm needs two rows), got {self.batch}")
+        for name in ("lr", "sg_lr", "sg_max_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value}")
+        if self.sg_clip is not None and not (math.isfinite(self.sg_clip) and self.sg_clip > 0):
+            raise ValueError(f"sg_clip must be a positive finite number or None, got {self.sg_clip}")
+        for name in ("val_size", "train_subset", "test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if any(not 0 < f < 1 for f in self.lr_decay_at):
+            raise ValueError(f"lr_decay_at must hold fractions of the run strictly between 0 and 1, got {self.lr_decay_at}")
+        if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
+            raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        return self
+
+
+def depth(model):
+    """'fcn3' -> 3."""
+    if not (isinstance(model, str) and model.startswith("fcn") and model[3:].isdigit() and int(model[3:]) >= 2):
+        raise ValueError(f"model must be 'fcnN' with N >= 2 (e.g. fcn3 = 2 hidden blocks + output), got {model!r}")
+    return int(model[3:])
+
+
+# -------------------------------------------------------------------------------------------------------------
+# data
+
+
+def load_data(cfg, log=print):
+    """(x_train, y_train, x_val, y_val, x_test, y_test) as arrays of the active backend, features float32."""
+    from . import data
+
+    if cfg.data == "mnist":
+        m = data.load_mnist(cache_dir=cfg.data_dir, log=log)
+        x, y = data.to_features(m.train_images), m.train_labels.astype(np.int64)
+        x_test, y_test = data.to_features(m.test_images), m.test_labels.astype(np.int64)
+    else:  # spirals: a small synthetic problem for tests and tutorials; its own held-out test set
+        x, y = data.make_spirals(1000, n_classes=3, seed=cfg.seed)
+        x_test, y_test = data.make_spirals(300, n_classes=3, seed=cfg.seed + 10_000)
+    val_size = DEFAULT_VAL_SIZE[cfg.data] if cfg.val_size is None else cfg.val_size
+    x_tr, y_tr, x_val, y_val = data.train_val_split(x, y, val_size, cfg.seed)
+    if cfg.train_subset:
+        x_tr, y_tr = x_tr[: cfg.train_subset], y_tr[: cfg.train_subset]
+    if cfg.test_subset:
+        x_test, y_test = x_test[: cfg.test_subset], y_test[: cfg.test_subset]
+    if x_tr.shape[0] < cfg.batch:
+        raise ValueError(f"batch {cfg.batch} is larger than the training set ({x_tr.shape[0]} rows)")
+    backend = xp()
+    return tuple(backend.asarray(a) for a in (x_tr, y_tr, x_val, y_val, x_test, y_test))
+
+
+def build_from_config(cfg, d_in, n_classes):
+    return build_network(
+        depth=depth(cfg.model),
+        mode=cfg.mode,
+        sg=cfg.sg,
+        d_in=d_in,
+        hidden=cfg.hidden,
+        n_classes=n_classes,
+        batchnorm=cfg.batchnorm,
+        sg_hidden=cfg.sg_hidden,
+        sg_layers=cfg.sg_layers,
+        sg_target=cfg.sg_target,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        sg_lr=cfg.sg_lr,
+        momentum=cfg.momentum,
+        max_norm=cfg.sg_max_norm,
+        clip=cfg.sg_clip,
+        seed=cfg.seed,
+    )
+
+
+# -------------------------------------------------------------------------------------------------------------
+# run bookkeeping
+
+
+def environment():
+    """What produced a run: versions, git revision, BLAS and its thread count."""
+    info = {
+        "minidni": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "backend": backend_name(),
+        "platform": platform.platform(),
+        "git_revision": None,
+        "blas": None,
+    }
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            info["git_revision"] = rev.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {"library": p.get("internal_api"), "version": p.get("version"), "threads": p.get("num_threads")}
+            for p in threadpool_info()
+            if p.get("user_api") == "blas"
+        ]
+    except ImportError:
+        pass
+    return info
+
+
+def config_dict(cfg):
+    d = dataclasses.asdict(cfg)
+    d["lr_decay_at"] = list(d["lr_decay_at"])
+    return d
+
+
+def read_metrics(out):
+    path = os.path.join(out, METRICS)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_metrics(out, metrics):
+    atomic_write(os.path.join(out, METRICS), "".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def _network_state(net, shuffle_rng, epoch, step, milestones, cfg):
+    """The checkpoint: every array of the network, the optimisers' scalars, the schedule and the shuffling RNG."""
+    meta = {
+        "epoch": epoch,
+        "step": step,
+        "lr_milestones": milestones,
+        "config": config_dict(cfg),
+        "optimizers": {name: {"t": opt.t, "lr": opt.lr} for name, opt in net.optimizers().items()},
+        "rng": shuffle_rng.bit_generator.state,
+    }
+    return net.state_arrays(), meta
+
+
+def _restore(net, shuffle_rng, arrays, meta):
+    restore_arrays(net.state_arrays(), arrays)
+    for name, opt in net.optimizers().items():
+        opt.t = int(meta["optimizers"][name]["t"])
+        opt.lr = float(meta["optimizers"][name]["lr"])
+    shuffle_rng.bit_generator.state = meta["rng"]
+
+
+def _check_resumable(cfg, meta):
+    saved = meta["config"]
+    now = config_dict(cfg)
+    diffs = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if diffs:
+        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diffs)
+        raise CheckpointError(f"cannot resume: the configuration differs from the checkpoint's ({detail})")
+    if meta["epoch"] >= cfg.epochs:
+        raise CheckpointError(f"cannot resume: the checkpoint is at epoch {meta['epoch']}, already >= epochs={cfg.epochs}")
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(cfg, resume=False, log=print, data=None):
+    """Train as configured; returns the list of per-epoch metrics. `data` (the tuple of load_data) skips loading."""
+    cfg.validate()
+    out = cfg.out
+    ckpt_path = os.path.join(out, CHECKPOINT)
+    if not resume and (os.path.exists(ckpt_path) or os.path.exists(os.path.join(out, METRICS))):
+        raise FileExistsError(
+            f"{out} already holds a run (checkpoint or metrics); pass --resume to continue it or choose another --out"
+        )
+    x_tr, y_tr, x_val, y_val, x_te, y_te = data if data is not None else load_data(cfg, log)
+    net = build_from_config(cfg, x_tr.shape[1], N_CLASSES[cfg.data])
+    shuffle_rng = np.random.default_rng([cfg.seed, 1])  # separate from the init RNG, saved in checkpoints
+    diag_x, diag_y = (x_val[: cfg.batch], y_val[: cfg.batch]) if x_val.shape[0] >= cfg.batch else (x_tr[: cfg.batch], y_tr[: cfg.batch])
+
+    n_batches = x_tr.shape[0] // cfg.batch  # the last partial batch is dropped: every step sees `batch` rows
+    milestones = [max(1, round(f * cfg.epochs * n_batches)) for f in cfg.lr_decay_at]  # in steps
+
+    start_epoch, step, metrics = 0, 0, []
+    if resume and not os.path.exists(ckpt_path) and os.path.exists(os.path.join(out, METRICS)):
+        # the run stopped before its first checkpoint was written: there is nothing to continue, so start over
+        log(f"{out} has metrics but no checkpoint (stopped during epoch 1); starting the run again")
+        write_metrics(out, [])
+        resume = False
+    if resume:
+        arrays, meta = load_checkpoint(ckpt_path)
+        _check_resumable(cfg, meta)
+        _restore(net, shuffle_rng, arrays, meta)
+        start_epoch, step = meta["epoch"], meta["step"]
+        if meta["lr_milestones"] != milestones:  # --epochs changed: the schedule already begun is kept
+            log(f"keeping the checkpoint's learning-rate milestones (steps {meta['lr_milestones']}); "
+                f"a new run of {cfg.epochs} epochs would use {milestones}")
+            milestones = meta["lr_milestones"]
+        # epochs logged after the checkpoint was written (a crash between the two) are dropped and redone
+        metrics = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
+        write_metrics(out, metrics)
+        log(f"resuming {out} from epoch {start_epoch} (step {step})")
+    schedule = StepSchedule(milestones, cfg.lr_gamma)
+    atomic_write(os.path.join(out, CONFIG), json.dumps({"config": config_dict(cfg), "environment": environment()}, indent=2))
+
+    log(
+        f"training {cfg.model} ({cfg.mode}{', sg=' + cfg.sg if cfg.mode in ('dni', 'cdni') else ''}) on {cfg.data}: "
+        f"{x_tr.shape[0]} train / {x_val.shape[0]} val / {x_te.shape[0]} test rows, {n_batches} steps per epoch"
+    )
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        perm = shuffle_rng.permutation(x_tr.shape[0])
+        loss_sum, sg_sum = 0.0, None
+        batches = _progress(range(n_batches), cfg.progress, f"epoch {epoch}/{cfg.epochs}")
+        for b in batches:
+            idx = perm[b * cfg.batch : (b + 1) * cfg.batch]
+            net.set_lr_factor(schedule.factor(step))
+            result = net.train_step(x_tr[idx], y_tr[idx])
+            step += 1
+            loss_sum += result["loss"]
+            sg_sum = result["sg_loss"] if sg_sum is None else [a + c for a, c in zip(sg_sum, result["sg_loss"])]
+            if cfg.progress and b % 20 == 0:
+                batches.set_postfix(loss=f"{result['loss']:.4f}")
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": loss_sum / n_batches,
+            "val_error_pct": net.error_pct(x_val, y_val) if x_val.shape[0] else None,
+            "test_error_pct": net.error_pct(x_te, y_te),
+            "lr": cfg.lr * schedule.factor(step - 1),
+        }
+        if sg_sum:
+            record["sg_loss"] = [s / n_batches for s in sg_sum]
+        if cfg.diagnostics and cfg.mode in ("dni", "cdni"):
+            align = net.gradient_alignment(diag_x, diag_y)
+            record["sg_cosine"], record["sg_rel_error"] = align["cosine"], align["rel_error"]
+        record["seconds"] = time.perf_counter() - t0
+        metrics.append(record)
+        # metrics first, checkpoint second: a crash in between is repaired on resume (see above)
+        write_metrics(out, metrics)
+        arrays, meta = _network_state(net, shuffle_rng, epoch, step, milestones, cfg)
+        save_checkpoint(ckpt_path, arrays, meta)
+        log(_summary(record))
+        try:
+            from .plots import plot_learning_curves
+
+            plot_learning_curves(metrics, os.path.join(out, CURVES), title=f"{cfg.model} {cfg.mode} on {cfg.data}")
+        except ImportError:  # matplotlib is optional for training itself
+            pass
+    return metrics
+
+
+def _summary(r):
+    s = f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  "
+    if r.get("val_error_pct") is not None:
+        s += f"val err {r['val_error_pct']:.2f}%  "
+    s += f"test err {r['test_error_pct']:.2f}%  {r['seconds']:.1f}s"
+    if r.get("sg_cosine"):
+        s += "  cos(syn,true) " + " ".join(f"{c:.2f}" for c in r["sg_cosine"])
+    return s
+
+
+def _progress(iterable, enabled, desc):
+    if not enabled:
+        return _NoBar(iterable)
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+class _NoBar:
+    """The progress bar's interface, doing nothing."""
+
+    def __init__(self, iterable):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix(self, **_):
+        pass
+
+
+def evaluate(checkpoint_path, log=print, data_dir=None):
+    """Test error (%) of a saved checkpoint, rebuilt from the configuration stored inside it."""
+    arrays, meta = load_checkpoint(checkpoint_path)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in meta["config"].items() if k in fields})
+    cfg.lr_decay_at = tuple(cfg.lr_decay_at)
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    *_, x_te, y_te = load_data(cfg, log)
+    net = build_from_config(cfg, x_te.shape[1], N_CLASSES[cfg.data])
+    restore_arrays(net.state_arrays(), arrays, where=checkpoint_path)
+    return {"epoch": meta["epoch"], "test_error_pct": net.error_pct(x_te, y_te), "test_rows": int(x_te.shape[0])}

@@ -1,0 +1,483 @@
+"""Tests for the command line (minidni.cli) and, through it, training runs, resume and evaluation.
+
+Everything runs on the tiny spirals problem (2-d inputs, 3 classes, 2700 training rows): a run of a few epochs with
+16 hidden units takes a fraction of a second. No test touches MNIST or the network.
+"""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minidni import backend
+from minidni import train as train_module
+from minidni.checkpoint import load_checkpoint
+from minidni.cli import build_parser, main
+
+TINY = ["--data", "spirals", "--model", "fcn3", "--batch", "64", "--hidden", "16", "--sg-hidden", "16",
+        "--val-size", "300", "--seed", "0", "--no-progress"]  # fmt: skip
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RUN_FILES = ("checkpoint.npz", "config.json", "curves.png", "metrics.jsonl")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test reads or writes a real data cache, and every test runs on the numpy backend."""
+    monkeypatch.setenv("MINIDNI_DATA", str(tmp_path / "data-cache"))
+    monkeypatch.delenv("MINIDNI_BACKEND", raising=False)
+    saved = dict(backend._state)
+    backend.set_backend("numpy")
+    yield
+    backend._state.clear()
+    backend._state.update(saved)
+
+
+@pytest.fixture
+def real_plots():
+    """Requested by the tests that check curves.png: they draw it with matplotlib."""
+
+
+@pytest.fixture(autouse=True)
+def fast_plots(request, monkeypatch):
+    """Drawing curves.png takes ~0.5 s per epoch, ten times the training of a tiny run, and no other test looks at it.
+    Tests that do not request `real_plots` get a stand-in that writes only the PNG signature (at the same point)."""
+    if "real_plots" in request.fixturenames:
+        return
+    from minidni import plots
+    from minidni.checkpoint import atomic_write
+
+    monkeypatch.setattr(plots, "plot_learning_curves", lambda metrics, path, **_: atomic_write(path, PNG_SIGNATURE))
+
+
+def cli(capsys, *argv):
+    """Run the CLI in-process: (return code, stdout, stderr)."""
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def train_run(capsys, out, *extra, expect=0):
+    rc, stdout, stderr = cli(capsys, "train", *TINY, "--out", out, *extra)
+    assert rc == expect, stderr
+    return stdout, stderr
+
+
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def without_seconds(metrics):
+    return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
+
+
+def snapshot(out):
+    """The bytes of every file in a run directory."""
+    return {path.name: path.read_bytes() for path in sorted(Path(out).iterdir())}
+
+
+def assert_same_run(out_a, out_b):
+    """Two runs agree bit for bit: every metric except wall-clock seconds, and every checkpoint array and scalar."""
+    assert without_seconds(read_metrics(out_a)) == without_seconds(read_metrics(out_b))
+    arrays_a, meta_a = load_checkpoint(os.path.join(out_a, "checkpoint.npz"))
+    arrays_b, meta_b = load_checkpoint(os.path.join(out_b, "checkpoint.npz"))
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for k in arrays_a:
+        assert arrays_a[k].dtype == arrays_b[k].dtype, k
+        assert np.array_equal(arrays_a[k], arrays_b[k]), k
+    for k in ("epoch", "step", "optimizers", "rng", "format_version"):
+        assert meta_a[k] == meta_b[k], k
+    config_a, config_b = dict(meta_a["config"]), dict(meta_b["config"])
+    config_a.pop("out"), config_b.pop("out")
+    assert config_a == config_b
+
+
+class InterruptAfter:
+    """Replaces minidni.train.save_checkpoint: saves `n` checkpoints, then simulates Ctrl-C (KeyboardInterrupt)
+    either right after the n-th save, or at the next save before anything is written (so metrics.jsonl already
+    holds an epoch that the checkpoint does not)."""
+
+    def __init__(self, n, before_next_save=False):
+        self.n, self.before_next_save, self.calls = n, before_next_save, 0
+        self.real = train_module.save_checkpoint
+
+    def __call__(self, path, arrays, meta):
+        self.calls += 1
+        if self.calls <= self.n:
+            self.real(path, arrays, meta)
+        if self.calls == self.n + self.before_next_save:
+            raise KeyboardInterrupt
+
+
+# ---- a run and its files --------------------------------------------------------------------------------------
+
+
+def test_tiny_cdni_run_writes_everything(tmp_path, capsys, real_plots):
+    out = tmp_path / "run"
+    stdout, stderr = train_run(capsys, out, "--mode", "cdni", "--epochs", "2")
+    assert sorted(os.listdir(out)) == sorted(RUN_FILES)  # and no leftover temporary files
+    assert "final test error" in stdout and str(out) in stdout
+    assert re.search(r"epoch\s+2\b", stderr)  # progress chatter goes to stderr
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["mode"] == "cdni" and config["config"]["epochs"] == 2 and config["config"]["hidden"] == 16
+    env = config["environment"]
+    assert env["numpy"] == np.__version__
+    assert "git_revision" in env and "blas" in env
+    assert env["backend"] == "numpy"
+
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for m in metrics:
+        for key in ("epoch", "train_loss", "test_error_pct", "seconds", "sg_loss"):
+            assert key in m, key
+        assert math.isfinite(m["train_loss"]) and m["train_loss"] > 0
+        assert 0 <= m["test_error_pct"] <= 100
+        assert m["seconds"] >= 0
+        assert len(m["sg_loss"]) == 2  # fcn3: two hidden blocks, one SG module each
+        assert all(math.isfinite(v) and v >= 0 for v in m["sg_loss"])
+        assert "sg_cosine" not in m
+    assert metrics[1]["step"] == 2 * metrics[0]["step"] > 0
+    assert metrics[-1]["test_error_pct"] < 60  # it learns something: chance is 66.7% on 3 balanced classes
+
+    png = (out / "curves.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+
+    arrays, meta = load_checkpoint(out / "checkpoint.npz")
+    assert meta["epoch"] == 2 and meta["step"] == metrics[-1]["step"]
+    assert any(k.startswith("sg") for k in arrays)
+    assert all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")
+
+
+def test_bprop_run_has_no_sg_loss(tmp_path, capsys):
+    out = tmp_path / "run"
+    train_run(capsys, out, "--mode", "bprop", "--epochs", "1")
+    (m,) = read_metrics(out)
+    assert not m.get("sg_loss")
+    arrays, _ = load_checkpoint(out / "checkpoint.npz")
+    assert not any(k.startswith("sg") for k in arrays)
+
+
+@pytest.mark.parametrize("mode, sg", [("cdni", "linear"), ("dni", "mlp")])
+def test_diagnostics(tmp_path, capsys, mode, sg, real_plots):
+    out = tmp_path / "run"
+    train_run(capsys, out, "--mode", mode, "--sg", sg, "--epochs", "2", "--diagnostics")
+    metrics = read_metrics(out)
+    assert len(metrics) == 2
+    for m in metrics:
+        assert len(m["sg_cosine"]) == len(m["sg_rel_error"]) == 2
+        assert all(-1 - 1e-6 <= c <= 1 + 1e-6 for c in m["sg_cosine"])
+        assert all(math.isfinite(r) and r >= 0 for r in m["sg_rel_error"])
+    assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_diagnostics_do_not_change_training(tmp_path, capsys):
+    """The alignment measurement runs a forward/backward pass in training mode; it must not move the run."""
+    plain, diag = tmp_path / "plain", tmp_path / "diag"
+    flags = ["--mode", "dni", "--sg", "mlp", "--epochs", "2"]
+    train_run(capsys, plain, *flags)
+    train_run(capsys, diag, *flags, "--diagnostics")
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("seconds", "sg_cosine", "sg_rel_error")} for m in ms]  # noqa: E731
+    assert strip(read_metrics(plain)) == strip(read_metrics(diag))
+    a, _ = load_checkpoint(plain / "checkpoint.npz")
+    b, _ = load_checkpoint(diag / "checkpoint.npz")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_run(tmp_path, capsys):
+    train_run(capsys, tmp_path / "a", "--mode", "cdni", "--epochs", "1")
+    train_run(capsys, tmp_path / "b", "--mode", "cdni", "--epochs", "1")
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+# ---- resume ---------------------------------------------------------------------------------------------------
+
+RESUME_CASES = {
+    "dni-mlp": ["--mode", "dni", "--sg", "mlp"],  # batch norm inside the SG modules, Adam state of every module
+    "bprop": ["--mode", "bprop"],
+}
+
+
+@pytest.mark.parametrize("flags", RESUME_CASES.values(), ids=RESUME_CASES.keys())
+def test_resume_after_interrupt_is_bit_identical(tmp_path, capsys, monkeypatch, flags):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_run(capsys, a, *flags, "--epochs", "3")
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "save_checkpoint", InterruptAfter(1))
+        _, stderr = train_run(capsys, b, *flags, "--epochs", "3", expect=130)
+    assert "--resume" in stderr
+    assert load_checkpoint(b / "checkpoint.npz")[1]["epoch"] == 1
+
+    _, stderr = train_run(capsys, b, *flags, "--epochs", "3", "--resume")
+    assert "resum" in stderr.lower()
+    assert_same_run(a, b)
+
+
+@pytest.mark.parametrize("flags", RESUME_CASES.values(), ids=RESUME_CASES.keys())
+def test_resume_with_more_epochs_is_bit_identical_at_a_constant_rate(tmp_path, capsys, flags):
+    """Train N epochs, later continue the same run with --resume --epochs M > N: with no decay schedule this
+    is exactly a run of M epochs."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_run(capsys, a, *flags, "--lr-decay-at", "none", "--epochs", "3")
+    train_run(capsys, b, *flags, "--lr-decay-at", "none", "--epochs", "1")
+    train_run(capsys, b, *flags, "--lr-decay-at", "none", "--epochs", "3", "--resume")
+    assert_same_run(a, b)
+
+
+def test_extending_a_run_keeps_its_learning_rate_milestones(tmp_path, capsys):
+    """The decay schedule is fixed when a run starts (fractions of its --epochs); extending the run later keeps
+    the milestones already passed instead of raising the learning rate again."""
+    out = tmp_path / "run"
+    train_run(capsys, out, "--mode", "cdni", "--epochs", "1")
+    first = load_checkpoint(out / "checkpoint.npz")[1]["lr_milestones"]
+    _, stderr = train_run(capsys, out, "--mode", "cdni", "--epochs", "3", "--resume")
+    assert "keeping the checkpoint's learning-rate milestones" in stderr
+    assert load_checkpoint(out / "checkpoint.npz")[1]["lr_milestones"] == first
+    lrs = [m["lr"] for m in read_metrics(out)]
+    assert lrs[1] == lrs[2] == pytest.approx(lrs[0]) and lrs[0] < 1e-3  # decayed in epoch 1, and stays so
+
+
+@pytest.mark.parametrize("crash", ["fake-line", "crash-between-metrics-and-checkpoint"])
+def test_metrics_logged_after_the_checkpoint_are_dropped_on_resume(tmp_path, capsys, monkeypatch, crash):
+    flags = ["--mode", "dni", "--sg", "mlp", "--epochs", "3"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_run(capsys, a, *flags)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "save_checkpoint", InterruptAfter(1, before_next_save=crash != "fake-line"))
+        train_run(capsys, b, *flags, expect=130)
+    if crash == "fake-line":
+        with open(b / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": 2, "step": 999, "train_loss": 123.0, "test_error_pct": 99.0, "seconds": 1.0}) + "\n")
+    # else the real thing: epoch 2's metrics were written, then the process died before its checkpoint
+    assert [m["epoch"] for m in read_metrics(b)] == [1, 2]
+    assert load_checkpoint(b / "checkpoint.npz")[1]["epoch"] == 1
+
+    train_run(capsys, b, *flags, "--resume")
+    assert_same_run(a, b)
+
+
+def test_crash_before_the_first_checkpoint_can_be_resumed(tmp_path, capsys, monkeypatch):
+    flags = ["--mode", "cdni", "--epochs", "2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_run(capsys, a, *flags)
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "save_checkpoint", InterruptAfter(0, before_next_save=True))
+        train_run(capsys, b, *flags, expect=130)
+    assert (b / "metrics.jsonl").exists() and not (b / "checkpoint.npz").exists()
+    train_run(capsys, b, *flags, "--resume")
+    assert_same_run(a, b)
+
+
+def test_resume_refuses_a_changed_flag(tmp_path, capsys):
+    out = tmp_path / "run"
+    train_run(capsys, out, "--mode", "cdni", "--epochs", "1")
+    before = snapshot(out)
+    rc, _, err = cli(capsys, "train", *TINY, "--out", out, "--mode", "cdni", "--epochs", "2", "--resume", "--lr", "0.01")
+    assert rc == 1
+    assert "lr" in err and "0.01" in err and "cannot resume" in err
+    assert snapshot(out) == before
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    out = tmp_path / "empty"
+    out.mkdir()
+    rc, _, err = cli(capsys, "train", *TINY, "--out", out, "--epochs", "2", "--resume")
+    assert rc == 1
+    assert "no checkpoint" in err and str(out) in err
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("epochs", ["1", "2"])
+def test_resume_to_no_more_epochs(tmp_path, capsys, epochs):
+    out = tmp_path / "run"
+    train_run(capsys, out, "--mode", "cdni", "--epochs", "2")
+    before = snapshot(out)
+    rc, _, err = cli(capsys, "train", *TINY, "--out", out, "--mode", "cdni", "--epochs", epochs, "--resume")
+    assert rc == 1
+    assert "cannot resume" in err and "epoch" in err and "2" in err
+    assert snapshot(out) == before
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    train_run(capsys, out, "--mode", "cdni", "--epochs", "1")
+    before = snapshot(out)
+    rc, stdout, err = cli(capsys, "train", *TINY, "--out", out, "--mode", "bprop", "--epochs", "1")
+    assert rc == 1
+    assert "--resume" in err and str(out) in err
+    assert stdout == ""
+    assert snapshot(out) == before
+
+
+# ---- evaluate -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["cdni", "bprop"])
+def test_evaluate_reproduces_the_logged_test_error(tmp_path, capsys, mode):
+    out = tmp_path / "run"
+    train_run(capsys, out, "--mode", mode, "--epochs", "2")
+    last = read_metrics(out)[-1]
+    rc, stdout, err = cli(capsys, "evaluate", out / "checkpoint.npz")
+    assert rc == 0, err
+    match = re.search(r"test error ([0-9.]+)%", stdout)
+    assert match, stdout
+    assert match.group(1) == f"{last['test_error_pct']:.2f}"
+    assert "epoch 2" in stdout
+
+
+def test_evaluate_missing_checkpoint(tmp_path, capsys):
+    path = tmp_path / "nowhere" / "checkpoint.npz"
+    rc, stdout, err = cli(capsys, "evaluate", path)
+    assert rc == 1
+    assert "no checkpoint" in err and str(path) in err
+    assert stdout == ""
+
+
+def test_evaluate_corrupt_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    train_run(capsys, out, "--mode", "cdni", "--epochs", "1")
+    path = out / "checkpoint.npz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    rc, stdout, err = cli(capsys, "evaluate", path)
+    assert rc == 1
+    assert "corrupt" in err and str(path) in err
+    assert "Traceback" not in err and stdout == ""
+
+
+# ---- argument errors ------------------------------------------------------------------------------------------
+
+
+def test_unknown_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *TINY, "--out", str(tmp_path / "run"), "--frobnicate", "3"])
+    assert e.value.code == 2
+    assert "--frobnicate" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--lr", "-1"], "positive"),
+        (["--lr", "nan"], "positive finite"),
+        (["--lr", "inf"], "positive finite"),
+        (["--lr", "fast"], "positive number"),
+        (["--epochs", "0"], "positive integer"),
+        (["--epochs", "2.5"], "positive integer"),
+        (["--model", "fcn1"], "fcnN"),
+        (["--model", "mlp3"], "fcnN"),
+        (["--mode", "foo"], "invalid choice"),
+        (["--data", "cifar"], "invalid choice"),
+        (["--seed", "-1"], ">= 0"),
+        (["--lr-decay-at", "0.5,1.5"], "between 0 and 1"),
+    ],
+)
+def test_bad_values_exit_2_saying_what_was_expected(tmp_path, capsys, flags, expected):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *TINY, "--out", str(tmp_path / "run"), *flags])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err and expected in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--batch", "1"], "batch must be >= 2"),
+        (["--batch", "5000"], "larger than the training set"),
+        (["--val-size", "3000"], "val_size"),
+        (["--optimizer", "sgd", "--momentum", "1.5"], "momentum"),
+    ],
+)
+def test_values_validated_later_return_1(tmp_path, capsys, flags, expected):
+    rc, stdout, err = cli(capsys, "train", *TINY, "--out", tmp_path / "run", *flags)
+    assert rc == 1
+    assert expected in err and "Traceback" not in err
+    assert stdout == ""
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_no_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_documented_command_line_parses():
+    args = build_parser().parse_args(
+        "train --data mnist --model fcn3 --mode cdni --epochs 10 --batch 256 --seed 0 --out runs/cdni".split()
+    )
+    assert args.command == "train"
+    assert (args.data, args.model, args.mode, args.epochs, args.batch, args.seed, args.out) == (
+        "mnist", "fcn3", "cdni", 10, 256, 0, "runs/cdni"
+    )  # fmt: skip
+    assert args.resume is False and args.progress is True
+
+
+def test_documented_resume_and_evaluate_lines_parse():
+    args = build_parser().parse_args("train --out runs/cdni --epochs 20 --resume".split())
+    assert args.resume is True and args.epochs == 20 and args.out == "runs/cdni"
+    args = build_parser().parse_args("evaluate runs/cdni/checkpoint.npz".split())
+    assert args.command == "evaluate" and args.checkpoint == "runs/cdni/checkpoint.npz"
+
+
+# ---- bench ----------------------------------------------------------------------------------------------------
+
+
+def test_bench_prints_json_lines(capsys):
+    rc, stdout, _ = cli(capsys, "bench", "--modes", "cdni", "--steps", "1", "--repeats", "1")
+    assert rc == 0
+    lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    assert len(lines) == 2
+    header, result = lines
+    assert "cpu" in header and header["cpu_count"] == os.cpu_count()
+    assert result["mode"] == "cdni"
+    assert result["steps_per_s"] > 0
+    assert result["gflops_achieved"] > 0
+    assert result["matmul_fraction"] > 0
+
+
+@pytest.mark.parametrize("modes", ["nope", "cdni,nope", ","])
+def test_bench_unknown_mode(capsys, modes):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--modes", modes, "--steps", "1", "--repeats", "1"])
+    assert e.value.code == 2
+    assert "--modes" in capsys.readouterr().err
+
+
+# ---- the module entry point -----------------------------------------------------------------------------------
+
+
+def _python_m_minidni(tmp_path, *args):
+    env = dict(os.environ, MINIDNI_DATA=str(tmp_path / "data-cache"))
+    env.pop("MINIDNI_BACKEND", None)
+    return subprocess.run(
+        [sys.executable, "-m", "minidni", *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_python_m_minidni_help(tmp_path):
+    p = _python_m_minidni(tmp_path, "--help")
+    assert p.returncode == 0, p.stderr
+    for command in ("train", "evaluate", "bench", "data"):
+        assert command in p.stdout
+
+
+def test_python_m_minidni_exit_codes(tmp_path):
+    p = _python_m_minidni(tmp_path, "evaluate", tmp_path / "missing.npz")
+    assert p.returncode == 1
+    assert "no checkpoint" in p.stderr and "Traceback" not in p.stderr
+    p = _python_m_minidni(tmp_path, "train", "--epochs", "0")
+    assert p.returncode == 2
+    assert "positive integer" in p.stderr

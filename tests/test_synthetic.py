@@ -1,0 +1,87 @@
+"""Synthetic-gradient modules: zero start, conditioning, regression step, gradients."""
+
+import numpy as np
+import pytest
+
+from minidni.gradcheck import assert_close, check_function
+from minidni.optim import SGD
+from minidni.synthetic import SyntheticGradient, make_synthetic_gradient, one_hot
+
+f64 = np.float64
+
+
+@pytest.mark.parametrize("kind,n_classes", [("linear", None), ("mlp", None), ("linear", 4), ("mlp", 4)])
+def test_fresh_module_predicts_exactly_zero(kind, n_classes):
+    """Zero weights AND zero bias in the output layer: the first synthetic gradients are exactly 0."""
+    sg = make_synthetic_gradient(kind, 6, n_classes=n_classes, hidden_width=8, rng=np.random.default_rng(0))
+    out = sg.net.layers[-1]
+    assert not out.params["W"].any() and not out.params["b"].any()
+    h = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
+    dh_syn, _ = sg.predict(h, np.arange(5) % 4)
+    assert dh_syn.shape == (5, 6) and not dh_syn.any()
+
+
+def test_conditioned_linear_module_is_one_linear_map_on_h_and_onehot():
+    rng = np.random.default_rng(2)
+    sg = SyntheticGradient(3, n_classes=4, dtype=f64)
+    lin = sg.net.layers[0]
+    lin.params["W"][...] = rng.standard_normal((7, 3))
+    lin.params["b"][...] = rng.standard_normal(3)
+    h, y = rng.standard_normal((5, 3)), np.array([0, 3, 1, 1, 2])
+    dh_syn, _ = sg.predict(h, y)
+    W = lin.params["W"]
+    expected = h @ W[:3] + W[3:][y] + lin.params["b"]  # [h, onehot(y)] A + c == h A_h + A_y[y] + c
+    assert_close(dh_syn, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="needs the labels"):
+        sg.predict(h)
+
+
+def test_one_hot():
+    assert np.array_equal(one_hot(np.array([2, 0]), 3), np.array([[0, 0, 1], [1, 0, 0]], np.float32))
+
+
+@pytest.mark.parametrize("hidden,n_classes", [((), None), ((5,), 3)])
+def test_sg_loss_gradients_match_central_differences(hidden, n_classes):
+    """The regression step's parameter gradients are those of L_sg = (1/B) sum_b ||M(h_b) - target_b||^2."""
+    rng = np.random.default_rng(3)
+    sg = SyntheticGradient(4, hidden=hidden, n_classes=n_classes, rng=rng, dtype=f64)
+    for layer in sg.net.layers:  # move off the zero start so every gradient is non-trivial
+        for p in layer.params.values():
+            p[...] = rng.standard_normal(p.shape) * 0.5 + (1.0 if p.ndim == 1 and "gamma" in str(layer) else 0)
+    h, target = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
+    y = rng.integers(0, 3, 6)
+
+    def sg_loss():
+        pred, _ = sg.predict(h, y if n_classes else None)
+        return float(np.sum((pred - target) ** 2) / 6)
+
+    pred, cache = sg.predict(h, y if n_classes else None)
+    sg.net.set_optimizer(lambda p: SGD(p, lr=1e-300, momentum=0.0))  # step of ~0: we only want the grads
+    sg.update(pred, cache, target)
+    params, analytic = {}, {}
+    for i, layer in enumerate(sg.net.layers):
+        for k in layer.params:
+            params[f"{i}.{k}"], analytic[f"{i}.{k}"] = layer.params[k], layer.grads[k].copy()
+    check_function(sg_loss, params, analytic)
+
+
+def test_update_regresses_towards_the_target_and_leaves_h_alone():
+    rng = np.random.default_rng(4)
+    sg = SyntheticGradient(3, dtype=f64)
+    sg.set_optimizer(lambda p: SGD(p, lr=0.05, momentum=0.0))
+    h = rng.standard_normal((32, 3))
+    target = h @ rng.standard_normal((3, 3)) + 0.3  # a gradient field a linear module can represent
+    h_before = h.copy()
+    losses = []
+    for _ in range(200):
+        pred, cache = sg.predict(h)
+        losses.append(sg.update(pred, cache, target))
+    assert np.array_equal(h, h_before)
+    assert losses[-1] < 0.01 * losses[0]
+
+
+def test_bad_kind():
+    with pytest.raises(ValueError, match="unknown synthetic-gradient module"):
+        make_synthetic_gradient("conv", 4)
+    with pytest.raises(ValueError, match="at least one hidden layer"):
+        make_synthetic_gradient("mlp", 4, hidden_layers=0)
