@@ -84,6 +84,8 @@ def build_parser():
     t.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="learning rate of the layers")
     t.add_argument("--sg-lr", type=_positive_float, default=d.sg_lr, help="learning rate of the SG modules")
+    t.add_argument("--sg-scale", type=_positive_float, default=d.sg_scale,
+                   help="SG modules regress onto this multiple of the gradient (e.g. the batch size: per-example units)")
     t.add_argument("--momentum", type=float, default=d.momentum, help="momentum for --optimizer sgd")
     t.add_argument("--lr-decay-at", type=_fractions, default=d.lr_decay_at,
                    help="fractions of the run after which learning rates are multiplied by --lr-gamma "

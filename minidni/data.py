@@ -36,6 +36,8 @@ from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from .checkpoint import atomic_write
+
 __all__ = [
     "DataError",
     "FileSpec",
@@ -209,30 +211,6 @@ def _check_bytes(spec: FileSpec, data: bytes) -> str | None:
     if digest != spec.md5:
         return f"{spec.filename} has md5 {digest}, expected {spec.md5} (corrupt)"
     return None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees either the old file or the whole new one, never half of it.
-
-    The bytes go to a temporary file in the same directory (os.replace is only atomic within one file system),
-    are flushed to disk, and only then renamed over the final name.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes owner-only files; a data cache can be readable by all
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Whatever went wrong (full disk, Ctrl-C), leave no half-written temporary file behind.
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # ---- source "cache" --------------------------------------------------------------------------------------------
@@ -488,7 +466,7 @@ def _gather_mnist(cache_dir, sources, files, log) -> tuple[Path, dict[str, bytes
         if name != "cache":
             for role, data in got.items():
                 try:
-                    _atomic_write(mnist_dir / files[role].filename, data)
+                    atomic_write(mnist_dir / files[role].filename, data)
                 except OSError as e:  # a read-only home directory should not stop training
                     log(f"MNIST: could not cache {files[role].filename} in {mnist_dir}: {e}")
 

@@ -301,6 +301,7 @@ def build_network(
     optimizer="adam",
     lr=1e-3,
     sg_lr=3e-5,
+    sg_scale=1.0,
     momentum=0.9,
     max_norm=1e3,
     clip=None,
@@ -321,7 +322,7 @@ def build_network(
     if mode in ("dni", "cdni"):
         kind = ("mlp" if mode == "dni" else "linear") if sg == "auto" else sg
         ctx = n_classes if mode == "cdni" else None
-        sgs = [make_synthetic_gradient(kind, hidden, ctx, sg_hidden, sg_layers, rng, dtype) for _ in stacks[:-1]]
+        sgs = [make_synthetic_gradient(kind, hidden, ctx, sg_hidden, sg_layers, sg_scale, rng, dtype) for _ in stacks[:-1]]
         for m in sgs:
             m.set_optimizer(lambda p: make_optimizer(optimizer, p, sg_lr, momentum))
     for stack in stacks:

@@ -116,8 +116,7 @@ def batchnorm_forward_train(x, gamma, beta, eps=1e-5):
     B = x.shape[0]
     mean = x.sum(axis=0) * (1 / B)  # (D,)
     xhat = x - mean  # (B, D), centred for now
-    sq = xhat * xhat
-    var = sq.sum(axis=0) * (1 / B)  # (D,) biased variance, the one that normalised this batch
+    var = xp.einsum("bd,bd->d", xhat, xhat) * (1 / B)  # (D,) biased variance; einsum: no (B, D) temporary
     inv_std = 1 / xp.sqrt(var + eps)  # (D,)
     xhat *= inv_std  # (B, D) normalised
     y = xhat * gamma
@@ -139,19 +138,18 @@ def batchnorm_backward(dy, cache, dgamma=None, dbeta=None):
     """dy: (B, D) -> (dx (B, D), dgamma (D,), dbeta (D,)).
 
     With xhat = (x - mean) * inv_std and both mean and var depending on every row of x:
-        dx = gamma * inv_std / B * (B * dy - sum_b dy - xhat * sum_b(dy * xhat))
+        dx = gamma * inv_std * (dy - (sum_b dy + xhat * sum_b(dy * xhat)) / B)
+           = gamma * inv_std * (dy - (dbeta + xhat * dgamma) / B)
     """
     xhat, inv_std, gamma, _, _ = cache
     xp = array_module(dy)
     B = dy.shape[0]
     dbeta = xp.sum(dy, axis=0, out=dbeta)  # (D,)
-    t = dy * xhat  # (B, D) scratch
-    dgamma = xp.sum(t, axis=0, out=dgamma)  # (D,)
-    dx = dy * B
-    dx -= dbeta
-    xp.multiply(xhat, dgamma, out=t)
-    dx -= t
-    dx *= gamma * (inv_std / B)
+    dgamma = xp.einsum("bd,bd->d", dy, xhat, out=dgamma)  # (D,)
+    dx = xhat * (dgamma * (1 / B))  # (B, D)
+    dx += dbeta * (1 / B)
+    xp.subtract(dy, dx, out=dx)
+    dx *= gamma * inv_std
     return dx, dgamma, dbeta
 
 

@@ -40,11 +40,14 @@ def one_hot(labels, n_classes, dtype=DEFAULT_DTYPE):
 class SyntheticGradient:
     """M(h [, y]) -> dh_syn, with its own parameters and optimiser (it updates on its own)."""
 
-    def __init__(self, d, hidden=(), n_classes=None, batchnorm=True, rng=None, dtype=DEFAULT_DTYPE):
+    def __init__(self, d, hidden=(), n_classes=None, batchnorm=True, scale=1.0, rng=None, dtype=DEFAULT_DTYPE):
         """d: width of the h it reads and of the gradient it predicts; hidden: widths of hidden layers
-        (() = linear); n_classes: if given, the module is label-conditioned (cDNI)."""
+        (() = linear); n_classes: if given, the module is label-conditioned (cDNI); scale: the network
+        itself outputs scale * dh_syn (see `update`)."""
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
         rng = np.random.default_rng(0) if rng is None else rng
-        self.d, self.hidden, self.n_classes = d, tuple(hidden), n_classes
+        self.d, self.hidden, self.n_classes, self.scale = d, tuple(hidden), n_classes, float(scale)
         layers, width = [], d + (n_classes or 0)
         for h in self.hidden:
             layers.append(Linear(width, h, init="he", bias=not batchnorm, rng=rng, dtype=dtype))
@@ -72,11 +75,21 @@ class SyntheticGradient:
             inp = xp().concatenate([h, one_hot(labels, self.n_classes, h.dtype)], axis=1)  # (B, D + K)
         else:
             inp = h
-        return self.net.forward(inp, train)
+        out, cache = self.net.forward(inp, train)  # (B, D) = scale * dh_syn
+        if self.scale != 1.0:
+            out *= 1 / self.scale
+        return out, cache
 
     def update(self, dh_syn, cache, dh_target):
-        """One regression step of dh_syn towards dh_target; returns the SG loss before the step."""
+        """One regression step of dh_syn towards dh_target; returns the SG loss (1/B) sum ||dh_syn - dh_target||^2.
+
+        With scale s the network's own output is s * dh_syn and it regresses onto s * dh_target, so its
+        gradient is s times that of the loss above. Gradients of a batch-mean loss are O(1/B); s = B makes the
+        network's targets O(1) (per-example gradients), the scale its initialisation and optimiser expect.
+        """
         loss, dpred = F.mse(dh_syn, dh_target)
+        if self.scale != 1.0:
+            dpred *= self.scale
         self.net.backward(dpred, cache, need_dx=False)  # h is an input, not a parameter: no dh from here
         self.net.update()
         return loss
@@ -95,7 +108,9 @@ class SyntheticGradient:
         return f"SyntheticGradient(d={self.d}, hidden={self.hidden}{ctx})"
 
 
-def make_synthetic_gradient(kind, d, n_classes=None, hidden_width=1024, hidden_layers=2, rng=None, dtype=DEFAULT_DTYPE):
+def make_synthetic_gradient(
+    kind, d, n_classes=None, hidden_width=1024, hidden_layers=2, scale=1.0, rng=None, dtype=DEFAULT_DTYPE
+):
     """Build an SG module by name: 'linear' or 'mlp' (the label conditioning is given by n_classes)."""
     if kind == "linear":
         hidden = ()
@@ -105,4 +120,4 @@ def make_synthetic_gradient(kind, d, n_classes=None, hidden_width=1024, hidden_l
         hidden = (hidden_width,) * hidden_layers
     else:
         raise ValueError(f"unknown synthetic-gradient module {kind!r}; expected 'linear' or 'mlp'")
-    return SyntheticGradient(d, hidden=hidden, n_classes=n_classes, rng=rng, dtype=dtype)
+    return SyntheticGradient(d, hidden=hidden, n_classes=n_classes, scale=scale, rng=rng, dtype=dtype)

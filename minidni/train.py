@@ -58,6 +58,7 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | sgd (with momentum)
     lr: float = 1e-3  # learning rate of the network's layers
     sg_lr: float = 3e-5  # learning rate of the SG modules: their targets are O(1/batch), see docs/dni.md
+    sg_scale: float = 1.0  # SG modules regress onto sg_scale x the gradient (see SyntheticGradient.update)
     momentum: float = 0.9  # for sgd
     lr_decay_at: tuple = (0.6, 0.8)  # fractions of the run after which every lr is multiplied by lr_gamma
     lr_gamma: float = 0.1  # (the paper: / 10 at 300k and 400k of 500k iterations, i.e. at 0.6 and 0.8)
@@ -92,7 +93,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch < 2:
             raise ValueError(f"batch must be >= 2 (batch norm needs two rows), got {self.batch}")
-        for name in ("lr", "sg_lr", "sg_max_norm"):
+        for name in ("lr", "sg_lr", "sg_scale", "sg_max_norm"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
@@ -157,6 +158,7 @@ def build_from_config(cfg, d_in, n_classes):
         optimizer=cfg.optimizer,
         lr=cfg.lr,
         sg_lr=cfg.sg_lr,
+        sg_scale=cfg.sg_scale,
         momentum=cfg.momentum,
         max_norm=cfg.sg_max_norm,
         clip=cfg.sg_clip,

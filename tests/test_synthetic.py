@@ -85,3 +85,27 @@ def test_bad_kind():
         make_synthetic_gradient("conv", 4)
     with pytest.raises(ValueError, match="at least one hidden layer"):
         make_synthetic_gradient("mlp", 4, hidden_layers=0)
+
+
+def test_scale_changes_the_units_the_network_works_in_not_the_prediction():
+    """scale s: the network outputs s * dh_syn and regresses onto s * target. A module with weights s * W and
+    scale s predicts exactly what weights W and scale 1 predict, and its loss gradient is s times as large."""
+    rng = np.random.default_rng(5)
+    s = 256.0
+    unit, scaled = SyntheticGradient(4, n_classes=3, dtype=f64), SyntheticGradient(4, n_classes=3, scale=s, dtype=f64)
+    W, b = rng.standard_normal((7, 4)) * 1e-3, rng.standard_normal(4) * 1e-3
+    unit.net.layers[0].params["W"][...], unit.net.layers[0].params["b"][...] = W, b
+    scaled.net.layers[0].params["W"][...], scaled.net.layers[0].params["b"][...] = s * W, s * b
+    for m in (unit, scaled):
+        m.set_optimizer(lambda p: SGD(p, lr=1e-300, momentum=0.0))
+    h, y, target = rng.standard_normal((6, 4)), rng.integers(0, 3, 6), rng.standard_normal((6, 4)) * 1e-3
+    pred_unit, cache_unit = unit.predict(h, y)
+    pred_scaled, cache_scaled = scaled.predict(h, y)
+    assert_close(pred_scaled, pred_unit, rtol=1e-12)
+    loss_unit = unit.update(pred_unit, cache_unit, target)
+    loss_scaled = scaled.update(pred_scaled, cache_scaled, target)
+    assert loss_scaled == pytest.approx(loss_unit, rel=1e-12)  # reported in the gradient's own units
+    for k in ("W", "b"):
+        assert_close(scaled.net.layers[0].grads[k], s * unit.net.layers[0].grads[k], rtol=1e-12, name=k)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        SyntheticGradient(4, scale=0)
