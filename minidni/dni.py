@@ -58,7 +58,7 @@ class DecoupledBlock:
         return self.layers.forward(x, train)
 
     def synthetic_gradient(self, h, labels=None):
-        """dh_syn = M_{i+1}(h [, y]), checked for divergence (and clipped if asked): (B, D_out)."""
+        """dh_syn = M_{i+1}(h [, y]): (B, D_out), checked for divergence."""
         dh_syn, sg_cache = self.sg.predict(h, labels)
         norm = math.sqrt(float(xp().vdot(dh_syn.ravel(), dh_syn.ravel())))  # one BLAS pass; NaN/inf propagate
         if not math.isfinite(norm) or norm > self.max_norm:
@@ -66,9 +66,7 @@ class DecoupledBlock:
                 f"synthetic gradient of block {self.index} diverged: ||dh_syn|| = {norm:.3g} "
                 f"(limit {self.max_norm:g}). Lower the synthetic-gradient learning rate, or set a clip."
             )
-        if self.clip is not None and norm > self.clip:
-            dh_syn *= self.clip / norm
-        return dh_syn, sg_cache
+        return dh_syn, sg_cache, norm
 
     def backward(self, dh, cache, need_dx=True):
         """Pass a gradient dh: (B, D_out) down through the block: returns dx (B, D_in), fills the block's grads."""
@@ -80,8 +78,12 @@ class DecoupledBlock:
     def synthetic_step(self, h, cache, labels=None, need_dx=True):
         """Update the block now from its synthetic gradient. Returns (dx, dh_syn, sg_cache): dx is delta_hat
         pulled back through this block, which is the bootstrapped target of the SG module below."""
-        dh_syn, sg_cache = self.synthetic_gradient(h, labels)
-        dx = self.backward(dh_syn, cache, need_dx=need_dx)  # uses the parameters of the forward pass
+        dh_syn, sg_cache, norm = self.synthetic_gradient(h, labels)
+        dh_used = dh_syn
+        if self.clip is not None and norm > self.clip:
+            # the block gets a rescaled copy; the SG module still regresses its own, unclipped prediction
+            dh_used = dh_syn * (self.clip / norm)
+        dx = self.backward(dh_used, cache, need_dx=need_dx)  # uses the parameters of the forward pass
         self.update()
         return dx, dh_syn, sg_cache
 
@@ -241,6 +243,8 @@ class Network:
     def gradient_alignment(self, x, labels):
         """On a held-out batch: per hidden block, cosine similarity and relative error ||dh_syn - dh|| / ||dh||
         between the synthetic gradient and the true backprop gradient. Changes no parameter or statistic."""
+        if self.mode not in ("dni", "cdni"):
+            raise ValueError(f"gradient alignment needs synthetic-gradient modules; mode {self.mode!r} has none")
         saved = {k: v.copy() for k, v in self.state_arrays().items() if "running_" in k}
         hs, caches, h = [], [], x
         for block in self.hidden:

@@ -189,6 +189,18 @@ class Sequential(Layer):
     def update(self):
         if self.optimizer is not None:
             self.optimizer.step({"params": self.flat_grads})
+
+    def __deepcopy__(self, memo):
+        # a deep copy turns views into independent arrays: re-point the copied layers at the copied flat buffers
+        import copy
+
+        clone = Sequential.__new__(Sequential)
+        memo[id(self)] = clone
+        clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        if clone.optimizer is not None:
+            owners = [layer for layer in clone.layers if layer.params]
+            point_into(owners, clone.optimizer.params["params"], clone.flat_grads)
+        return clone
     def state_arrays(self, prefix=""):
         out = {}
         for i, layer in enumerate(self.layers):
@@ -221,13 +233,16 @@ def flatten_parameters(layers):
         raise TypeError(f"cannot flatten parameters of different dtypes: {sorted({str(p.dtype) for p in arrays})}")
     backend = xp()
     total = sum(p.size for p in arrays)
-    flat_params, flat_grads = backend.empty(total, dtype=dtype), backend.zeros(total, dtype=dtype)
+    flat_params, flat_grads = backend.concatenate([p.ravel() for p in arrays]), backend.zeros(total, dtype=dtype)
+    point_into(layers, flat_params, flat_grads)
+    return flat_params, flat_grads
+
+
+def point_into(layers, flat_params, flat_grads):
+    """Make each layer's params and grads views into the flat buffers, in order (values already in place)."""
     offset = 0
     for layer in layers:
         for name, p in list(layer.params.items()):
-            view = flat_params[offset : offset + p.size].reshape(p.shape)
-            view[...] = p
-            layer.params[name] = view
+            layer.params[name] = flat_params[offset : offset + p.size].reshape(p.shape)
             layer.grads[name] = flat_grads[offset : offset + p.size].reshape(p.shape)
             offset += p.size
-    return flat_params, flat_grads

@@ -258,12 +258,31 @@ def test_divergence_stops_the_run_naming_the_block():
         net.train_step(*batch(10))
 
 
-def test_clipping_rescales_large_synthetic_gradients():
-    net = tiny_net("dni", clip=0.5)
-    net.hidden[0].sg.net.layers[-1].params["b"][...] = 3.0
-    h, _ = net.hidden[0].forward(batch(11)[0])
-    dh_syn, _ = net.hidden[0].synthetic_gradient(h)
-    assert np.linalg.norm(dh_syn) == pytest.approx(0.5, rel=1e-12)
+def test_clipping_rescales_what_the_block_uses_not_what_the_module_learns_from():
+    net, ref = tiny_net("dni", clip=0.5), tiny_net("dni")
+    for n in (net, ref):
+        n.hidden[0].sg.net.layers[-1].params["b"][...] = 3.0
+    x, _ = batch(11)
+    h, cache = net.hidden[0].forward(x)
+    _, dh_syn, _ = net.hidden[0].synthetic_step(h, cache)
+    assert np.linalg.norm(dh_syn) == pytest.approx(3.0 * np.sqrt(h.size))  # the raw prediction, for sg_update
+    # the block was updated from the clipped gradient: the same as an unclipped block given dh_syn rescaled
+    h_ref, cache_ref = ref.hidden[0].forward(x)
+    ref.hidden[0].backward(dh_syn * (0.5 / np.linalg.norm(dh_syn)), cache_ref, need_dx=False)
+    ref.hidden[0].update()
+    assert_close(net.hidden[0].layers.layers[0].params["W"], ref.hidden[0].layers.layers[0].params["W"], rtol=1e-12)
+
+
+def test_a_deep_copy_trains_exactly_like_the_original():
+    """Parameters live in one flat buffer per block; a copy must re-point its layers at its own buffers."""
+    net = tiny_net("cdni", optimizer="adam")
+    twin = copy.deepcopy(net)
+    for s in range(3):
+        net.train_step(*batch(s))
+        twin.train_step(*batch(s))
+    for k, v in net.state_arrays().items():
+        assert np.array_equal(v, twin.state_arrays()[k]), k
+    assert not np.shares_memory(net.blocks[0].layers.layers[0].params["W"], twin.blocks[0].layers.layers[0].params["W"])
 
 
 def test_bad_configurations():
@@ -273,6 +292,8 @@ def test_bad_configurations():
         build_network(depth=1)
     with pytest.raises(ValueError, match="sg_target"):
         tiny_net("dni", sg_target="oracle")
+    with pytest.raises(ValueError, match="needs synthetic-gradient modules"):
+        tiny_net("bprop").gradient_alignment(*batch(0))
 
 
 def test_gradient_alignment_is_perfect_for_an_oracle_and_changes_nothing():
