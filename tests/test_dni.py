@@ -327,9 +327,10 @@ def test_cdni_learns_spirals(tmp_path):
 
 def test_cdni_learns_an_mnist_subset(tmp_path):
     """Real MNIST (fetched into the cache if needed): FCN3 cDNI on 10,000 training images for 4 epochs
-    (156 steps), seed 0. Measured 10.15% test error on the first 2,000 test images (seed 1: 10.10%); the bound
-    leaves room for BLAS differences between machines, not for a broken engine (no training: ~90%)."""
+    (156 steps), seed 0, default learning rates. Measured 7.85% test error on the first 2,000 test images
+    (seed 1: 7.50%); the bound leaves room for BLAS differences between machines, not for a broken engine
+    (untrained: ~90%)."""
     cfg = TrainConfig(data="mnist", mode="cdni", epochs=4, train_subset=10_000, test_subset=2_000, val_size=1_000,
                       lr_decay_at=(), seed=0, out=str(tmp_path / "run"), progress=False)  # fmt: skip
     metrics = train(cfg, log=lambda s: None)
-    assert metrics[-1]["test_error_pct"] <= 14.0
+    assert metrics[-1]["test_error_pct"] <= 11.0
