@@ -32,6 +32,7 @@ from .backend import backend_name, to_numpy, xp
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, restore_arrays, save_checkpoint
 from .dni import MODES, SG_TARGETS, build_network
 from .optim import StepSchedule
+from .plots import plot_learning_curves
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -270,7 +271,10 @@ def train(cfg, resume=False, log=print, data=None):
     x_tr, y_tr, x_val, y_val, x_te, y_te = data if data is not None else load_data(cfg, log)
     net = build_from_config(cfg, x_tr.shape[1], N_CLASSES[cfg.data])
     shuffle_rng = np.random.default_rng([cfg.seed, 1])  # separate from the init RNG, saved in checkpoints
-    diag_x, diag_y = (x_val[: cfg.batch], y_val[: cfg.batch]) if x_val.shape[0] >= cfg.batch else (x_tr[: cfg.batch], y_tr[: cfg.batch])
+    # the held-out batch for --diagnostics: validation rows if there are enough, and of the training batch size,
+    # because a gradient of a batch-mean loss scales with 1/B
+    diag_x, diag_y = (x_val, y_val) if x_val.shape[0] >= cfg.batch else (x_tr, y_tr)
+    diag_x, diag_y = diag_x[: cfg.batch], diag_y[: cfg.batch]
 
     n_batches = x_tr.shape[0] // cfg.batch  # the last partial batch is dropped: every step sees `batch` rows
     milestones = [max(1, round(f * cfg.epochs * n_batches)) for f in cfg.lr_decay_at]  # in steps
@@ -303,28 +307,12 @@ def train(cfg, resume=False, log=print, data=None):
     )
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        perm = shuffle_rng.permutation(x_tr.shape[0])
-        loss_sum, sg_sum = 0.0, None
-        batches = _progress(range(n_batches), cfg.progress, f"epoch {epoch}/{cfg.epochs}")
-        for b in batches:
-            idx = perm[b * cfg.batch : (b + 1) * cfg.batch]
-            net.set_lr_factor(schedule.factor(step))
-            result = net.train_step(x_tr[idx], y_tr[idx])
-            step += 1
-            loss_sum += result["loss"]
-            sg_sum = result["sg_loss"] if sg_sum is None else [a + c for a, c in zip(sg_sum, result["sg_loss"])]
-            if cfg.progress and b % 20 == 0:
-                batches.set_postfix(loss=f"{result['loss']:.4f}")
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": loss_sum / n_batches,
-            "val_error_pct": net.error_pct(x_val, y_val) if x_val.shape[0] else None,
-            "test_error_pct": net.error_pct(x_te, y_te),
-            "lr": cfg.lr * schedule.factor(step - 1),
-        }
-        if sg_sum:
-            record["sg_loss"] = [s / n_batches for s in sg_sum]
+        bar = _progress(range(n_batches), cfg.progress, f"epoch {epoch}/{cfg.epochs}")
+        record = {"epoch": epoch}
+        trained, step = _train_epoch(net, x_tr, y_tr, shuffle_rng, schedule, step, cfg.batch, bar)
+        record.update(trained)
+        record["val_error_pct"] = net.error_pct(x_val, y_val) if x_val.shape[0] else None
+        record["test_error_pct"] = net.error_pct(x_te, y_te)  # reported, never used to choose anything
         if cfg.diagnostics and cfg.mode in ("dni", "cdni"):
             align = net.gradient_alignment(diag_x, diag_y)
             record["sg_cosine"], record["sg_rel_error"] = align["cosine"], align["rel_error"]
@@ -335,13 +323,30 @@ def train(cfg, resume=False, log=print, data=None):
         arrays, meta = _network_state(net, shuffle_rng, epoch, step, milestones, cfg)
         save_checkpoint(ckpt_path, arrays, meta)
         log(_summary(record))
-        try:
-            from .plots import plot_learning_curves
-
-            plot_learning_curves(metrics, os.path.join(out, CURVES), title=f"{cfg.model} {cfg.mode} on {cfg.data}")
-        except ImportError:  # matplotlib is optional for training itself
-            pass
+        plot_learning_curves(metrics, os.path.join(out, CURVES), title=f"{cfg.model} {cfg.mode} on {cfg.data}")
     return metrics
+
+
+def _train_epoch(net, x, y, shuffle_rng, schedule, step, batch, bar):
+    """One pass over (x, y) in a fresh random order; returns the epoch's training record and the new step count."""
+    perm = shuffle_rng.permutation(x.shape[0])
+    loss_sum, sg_sum, factor = 0.0, None, None
+    for b in bar:
+        if schedule.factor(step) != factor:  # learning rates change only at the schedule's milestones
+            factor = schedule.factor(step)
+            net.set_lr_factor(factor)
+        idx = perm[b * batch : (b + 1) * batch]
+        result = net.train_step(x[idx], y[idx])  # (batch, D_in), (batch,)
+        step += 1
+        loss_sum += result["loss"]
+        sg_sum = result["sg_loss"] if sg_sum is None else [a + c for a, c in zip(sg_sum, result["sg_loss"])]
+        if b % 20 == 0:
+            bar.set_postfix(loss=f"{result['loss']:.4f}")
+    n = len(bar)
+    record = {"step": step, "train_loss": loss_sum / n, "lr": net.blocks[-1].layers.optimizer.lr}
+    if sg_sum:
+        record["sg_loss"] = [s / n for s in sg_sum]
+    return record, step
 
 
 def _summary(r):
@@ -359,7 +364,7 @@ def _progress(iterable, enabled, desc):
         return _NoBar(iterable)
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
 
 class _NoBar:
@@ -370,6 +375,9 @@ class _NoBar:
 
     def __iter__(self):
         return iter(self.iterable)
+
+    def __len__(self):
+        return len(self.iterable)
 
     def set_postfix(self, **_):
         pass
