@@ -25,6 +25,7 @@ import numpy as np
 
 from . import functional as F
 from .dni import build_network
+from .train import blas_info
 
 BENCH_MODES = {
     "bprop": dict(mode="bprop"),
@@ -47,18 +48,7 @@ def cpu_model():
 
 
 def thread_info():
-    info = {"cpu_count": os.cpu_count()}
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["blas"] = [
-            {"library": p.get("internal_api"), "threads": p.get("num_threads"), "arch": p.get("architecture")}
-            for p in threadpool_info()
-            if p.get("user_api") == "blas"
-        ]
-    except ImportError:
-        info["blas"] = "threadpoolctl not installed"
-    return info
+    return {"cpu_count": os.cpu_count(), "blas": blas_info()}
 
 
 def record_matmuls(fn):

@@ -269,22 +269,19 @@ class Network:
 
     # -- state ------------------------------------------------------------------------------------------------
 
+    def _parts(self):
+        """(name prefix, object) for every part that has state: the blocks' layer stacks and their SG modules."""
+        for i, block in enumerate(self.blocks):
+            yield f"block{i}.", block.layers
+            if block.sg is not None:
+                yield f"sg{i}.", block.sg
+
     def state_arrays(self):
         """Every array of the network's state by name (parameters, statistics, optimiser moments)."""
-        out = {}
-        for i, block in enumerate(self.blocks):
-            out.update(block.layers.state_arrays(f"block{i}."))
-            if block.sg is not None:
-                out.update(block.sg.state_arrays(f"sg{i}."))
-        return out
+        return {k: v for prefix, part in self._parts() for k, v in part.state_arrays(prefix).items()}
 
     def optimizers(self):
-        out = {}
-        for i, block in enumerate(self.blocks):
-            out.update(block.layers.optimizers(f"block{i}."))
-            if block.sg is not None:
-                out.update(block.sg.optimizers(f"sg{i}."))
-        return out
+        return {k: v for prefix, part in self._parts() for k, v in part.optimizers(prefix).items()}
 
     def set_lr_factor(self, factor):
         for opt in self.optimizers().values():

@@ -180,7 +180,6 @@ def environment():
         "backend": backend_name(),
         "platform": platform.platform(),
         "git_revision": None,
-        "blas": None,
     }
     try:
         here = os.path.dirname(os.path.abspath(__file__))
@@ -192,17 +191,19 @@ def environment():
             info["git_dirty"] = bool(status.stdout.strip())  # uncommitted changes: the revision is not the whole story
     except (OSError, subprocess.SubprocessError):
         pass
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["blas"] = [
-            {"library": p.get("internal_api"), "version": p.get("version"), "threads": p.get("num_threads")}
-            for p in threadpool_info()
-            if p.get("user_api") == "blas"
-        ]
-    except ImportError:
-        pass
+    info["blas"] = blas_info()
     return info
+
+
+def blas_info():
+    """The BLAS libraries NumPy uses, with version, architecture and thread count (via threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    return [
+        {k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+        for p in threadpool_info()
+        if p.get("user_api") == "blas"
+    ]
 
 
 def config_dict(cfg):
