@@ -79,6 +79,7 @@ def build_parser():
     t.add_argument("--hidden", type=_positive_int, default=d.hidden, help="units per hidden block")
     t.add_argument("--no-batchnorm", dest="batchnorm", action="store_false", help="drop batch norm from the blocks")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
+    t.add_argument("--sg-optimizer", choices=("adam", "sgd"), default=None, help="the SG modules' (default: --optimizer)")
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="learning rate of the layers")
     t.add_argument("--sg-lr", type=_positive_float, default=d.sg_lr, help="learning rate of the SG modules")
     t.add_argument("--sg-scale", type=_positive_float, default=d.sg_scale,

@@ -300,6 +300,7 @@ def build_network(
     sg_layers=2,
     sg_target="bootstrap",
     optimizer="adam",
+    sg_optimizer=None,
     lr=2e-3,
     sg_lr=1e-5,
     sg_scale=1.0,
@@ -325,7 +326,7 @@ def build_network(
         ctx = n_classes if mode == "cdni" else None
         sgs = [make_synthetic_gradient(kind, hidden, ctx, sg_hidden, sg_layers, sg_scale, rng, dtype) for _ in stacks[:-1]]
         for m in sgs:
-            m.set_optimizer(lambda p: make_optimizer(optimizer, p, sg_lr, momentum))
+            m.set_optimizer(lambda p: make_optimizer(sg_optimizer or optimizer, p, sg_lr, momentum))
     for stack in stacks:
         stack.set_optimizer(lambda p: make_optimizer(optimizer, p, lr, momentum))
     return Network(stacks, mode, sgs, sg_target, max_norm=max_norm, clip=clip)

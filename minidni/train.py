@@ -57,6 +57,7 @@ class TrainConfig:
     hidden: int = 256  # units per hidden block (paper: 256)
     batchnorm: bool = True
     optimizer: str = "adam"  # adam | sgd (with momentum)
+    sg_optimizer: str = None  # the SG modules' optimiser, adam | sgd (None: the same as `optimizer`)
     lr: float = 2e-3  # learning rate of the network's layers (chosen on the validation split, docs/results.md)
     sg_lr: float = 1e-5  # learning rate of the SG modules: their targets are O(1/batch), see docs/dni.md
     sg_scale: float = 1.0  # SG modules regress onto sg_scale x the gradient (see SyntheticGradient.update)
@@ -87,8 +88,9 @@ class TrainConfig:
             raise ValueError(f"sg must be 'auto', 'linear' or 'mlp', got {self.sg!r}")
         if self.sg_target not in SG_TARGETS:
             raise ValueError(f"sg_target must be one of {SG_TARGETS}, got {self.sg_target!r}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        for name in ("optimizer", "sg_optimizer"):
+            if getattr(self, name) not in ("adam", "sgd") and not (name == "sg_optimizer" and self.sg_optimizer is None):
+                raise ValueError(f"{name} must be 'adam' or 'sgd', got {getattr(self, name)!r}")
         for name in ("sg_hidden", "sg_layers", "hidden", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -157,6 +159,7 @@ def build_from_config(cfg, d_in, n_classes):
         sg_layers=cfg.sg_layers,
         sg_target=cfg.sg_target,
         optimizer=cfg.optimizer,
+        sg_optimizer=cfg.sg_optimizer,
         lr=cfg.lr,
         sg_lr=cfg.sg_lr,
         sg_scale=cfg.sg_scale,

@@ -334,3 +334,13 @@ def test_cdni_learns_an_mnist_subset(tmp_path):
                       lr_decay_at=(), seed=0, out=str(tmp_path / "run"), progress=False)  # fmt: skip
     metrics = train(cfg, log=lambda s: None)
     assert metrics[-1]["test_error_pct"] <= 11.0
+
+
+def test_sg_modules_can_have_their_own_optimiser():
+    from minidni.optim import SGD, Adam
+
+    net = tiny_net("dni", optimizer="adam", sg_optimizer="sgd")
+    assert all(isinstance(opt, SGD) for name, opt in net.optimizers().items() if name.startswith("sg"))
+    assert all(isinstance(opt, Adam) for name, opt in net.optimizers().items() if name.startswith("block"))
+    with pytest.raises(ValueError, match="sg_optimizer must be 'adam' or 'sgd'"):
+        TrainConfig(sg_optimizer="lbfgs").validate()
