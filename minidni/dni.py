@@ -64,7 +64,8 @@ class DecoupledBlock:
         if not math.isfinite(norm) or norm > self.max_norm:
             raise DivergenceError(
                 f"synthetic gradient of block {self.index} diverged: ||dh_syn|| = {norm:.3g} "
-                f"(limit {self.max_norm:g}). Lower the synthetic-gradient learning rate, or set a clip."
+                f"(limit {self.max_norm:g}). Lower the synthetic-gradient learning rate or set a clip; "
+                f"a NaN can also come from the input batch."
             )
         return dh_syn, sg_cache, norm
 
@@ -147,6 +148,7 @@ class Network:
 
     def train_step(self, x, labels):
         """One step on a batch x: (B, D_in), labels: (B,). Returns {"loss": float, "sg_loss": [float per block]}."""
+        self._check_batch(x, labels)
         if self.mode == "bprop":
             return self._bprop_step(x, labels, train_hidden=True)
         if self.mode == "nobprop":
@@ -154,6 +156,17 @@ class Network:
         if self.sg_target == "true":
             return self._dni_step_true_targets(x, labels)
         return self._dni_step(x, labels)
+
+    def _check_batch(self, x, labels):
+        """Clear errors for the mistakes numpy would report obscurely (or not at all)."""
+        first = self.blocks[0].layers.layers[0]
+        W = first.params["W"]
+        if x.ndim != 2 or x.shape[1] != W.shape[0]:
+            raise ValueError(f"x must be (B, {W.shape[0]}), got shape {tuple(x.shape)}")
+        if x.dtype != W.dtype:
+            raise TypeError(f"x must be {W.dtype} like the network's parameters, got {x.dtype}")
+        if labels.shape != (x.shape[0],) or labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be ({x.shape[0]},) integers, got shape {tuple(labels.shape)} {labels.dtype}")
 
     def _loss(self, h, labels):
         """Forward the output block and the loss: returns (loss, dlogits, output cache)."""

@@ -344,3 +344,19 @@ def test_sg_modules_can_have_their_own_optimiser():
     assert all(isinstance(opt, Adam) for name, opt in net.optimizers().items() if name.startswith("block"))
     with pytest.raises(ValueError, match="sg_optimizer must be 'adam' or 'sgd'"):
         TrainConfig(sg_optimizer="lbfgs").validate()
+
+
+def test_bad_batches_get_clear_errors():
+    net = tiny_net("cdni")
+    x, y = batch(13)
+    with pytest.raises(ValueError, match=r"x must be \(B, 7\)"):
+        net.train_step(x[:, :5], y)
+    with pytest.raises(TypeError, match="float64"):
+        net.train_step(x.astype(np.float32), y)
+    with pytest.raises(ValueError, match="labels must be"):
+        net.train_step(x, y.astype(np.float64))
+    with pytest.raises(ValueError, match="labels must be"):
+        net.train_step(x, y[:3])
+    x[0, 0] = np.nan
+    with pytest.raises(DivergenceError):
+        net.train_step(x, y)
