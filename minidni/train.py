@@ -128,12 +128,10 @@ def load_data(cfg, log=print):
     from . import data
 
     if cfg.data == "mnist":
-        m = data.load_mnist(cache_dir=cfg.data_dir, log=log)
-        x, y = data.to_features(m.train_images), m.train_labels.astype(np.int64)
-        x_test, y_test = data.to_features(m.test_images), m.test_labels.astype(np.int64)
-    else:  # spirals: a small synthetic problem for tests and tutorials; its own held-out test set
-        x, y = data.make_spirals(1000, n_classes=3, seed=cfg.seed)
-        x_test, y_test = data.make_spirals(300, n_classes=3, seed=cfg.seed + 10_000)
+        ds = data.load_dataset("mnist", cache_dir=cfg.data_dir, log=log)
+    else:  # spirals: a small synthetic problem for tests and tutorials, with its own held-out test points
+        ds = data.load_dataset("spirals", n_per_class=1000, n_test_per_class=300, n_classes=N_CLASSES["spirals"], seed=cfg.seed)
+    x, y, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
     val_size = DEFAULT_VAL_SIZE[cfg.data] if cfg.val_size is None else cfg.val_size
     x_tr, y_tr, x_val, y_val = data.train_val_split(x, y, val_size, cfg.seed)
     if cfg.train_subset:
