@@ -81,7 +81,9 @@ def load_checkpoint(path):
         raise CheckpointError(f"checkpoint {path} has unreadable metadata: expected a JSON object")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {version}; this minidni reads version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version}; this minidni reads version {FORMAT_VERSION}"
+        )
     return arrays, meta
 
 

@@ -56,7 +56,9 @@ def _fractions(s):
     try:
         fracs = tuple(float(p) for p in s.split(",") if p.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0.6,0.8 (or none), got {s!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated fractions like 0.6,0.8 (or none), got {s!r}"
+        ) from None
     if any(not 0 < f < 1 for f in fracs):
         raise argparse.ArgumentTypeError(f"expected fractions strictly between 0 and 1, got {s!r}")
     return fracs
@@ -71,33 +73,63 @@ def build_parser():
     t.add_argument("--data", choices=("mnist", "spirals"), default=d.data)
     t.add_argument("--model", type=_model, default=d.model, help="fcnN: N-1 hidden blocks + output (default fcn3)")
     t.add_argument("--mode", choices=("bprop", "nobprop", "dni", "cdni"), default=d.mode)
-    t.add_argument("--sg", choices=("auto", "linear", "mlp"), default=d.sg, help="SG module (auto: dni mlp, cdni linear)")
+    t.add_argument(
+        "--sg", choices=("auto", "linear", "mlp"), default=d.sg, help="SG module (auto: dni mlp, cdni linear)"
+    )
     t.add_argument("--sg-hidden", type=_positive_int, default=d.sg_hidden, help="hidden width of an mlp SG module")
     t.add_argument("--sg-layers", type=_positive_int, default=d.sg_layers, help="hidden layers of an mlp SG module")
-    t.add_argument("--sg-target", choices=("bootstrap", "true"), default=d.sg_target,
-                   help="what SG modules regress on: bootstrapped (paper) or true gradients (comparison)")
+    t.add_argument(
+        "--sg-target",
+        choices=("bootstrap", "true"),
+        default=d.sg_target,
+        help="what SG modules regress on: bootstrapped (paper) or true gradients (comparison)",
+    )
     t.add_argument("--hidden", type=_positive_int, default=d.hidden, help="units per hidden block")
     t.add_argument("--no-batchnorm", dest="batchnorm", action="store_false", help="drop batch norm from the blocks")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
-    t.add_argument("--sg-optimizer", choices=("adam", "sgd"), default=None, help="the SG modules' (default: --optimizer)")
+    t.add_argument(
+        "--sg-optimizer", choices=("adam", "sgd"), default=None, help="the SG modules' (default: --optimizer)"
+    )
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="learning rate of the layers")
     t.add_argument("--sg-lr", type=_positive_float, default=d.sg_lr, help="learning rate of the SG modules")
-    t.add_argument("--sg-scale", type=_positive_float, default=d.sg_scale,
-                   help="SG modules regress onto this multiple of the gradient (e.g. the batch size: per-example units)")
+    t.add_argument(
+        "--sg-scale",
+        type=_positive_float,
+        default=d.sg_scale,
+        help="SG modules regress onto this multiple of the gradient (e.g. the batch size: per-example units)",
+    )
     t.add_argument("--momentum", type=float, default=d.momentum, help="momentum for --optimizer sgd")
-    t.add_argument("--lr-decay-at", type=_fractions, default=d.lr_decay_at,
-                   help="fractions of the run after which learning rates are multiplied by --lr-gamma "
-                   "(default 0.6,0.8 as in the paper; 'none' for a constant rate)")
+    t.add_argument(
+        "--lr-decay-at",
+        type=_fractions,
+        default=d.lr_decay_at,
+        help="fractions of the run after which learning rates are multiplied by --lr-gamma "
+        "(default 0.6,0.8 as in the paper; 'none' for a constant rate)",
+    )
     t.add_argument("--lr-gamma", type=_positive_float, default=d.lr_gamma)
     t.add_argument("--epochs", type=_positive_int, default=d.epochs)
     t.add_argument("--batch", type=_positive_int, default=d.batch)
     t.add_argument("--seed", type=_nonnegative_int, default=d.seed)
-    t.add_argument("--val-size", type=_nonnegative_int, default=d.val_size, help="validation rows from the training set (default: mnist 5000, spirals 300)")
-    t.add_argument("--train-subset", type=_nonnegative_int, default=d.train_subset, help="train on this many rows (0: all)")
-    t.add_argument("--test-subset", type=_nonnegative_int, default=d.test_subset, help="evaluate on this many rows (0: all)")
+    t.add_argument(
+        "--val-size",
+        type=_nonnegative_int,
+        default=d.val_size,
+        help="validation rows from the training set (default: mnist 5000, spirals 300)",
+    )
+    t.add_argument(
+        "--train-subset", type=_nonnegative_int, default=d.train_subset, help="train on this many rows (0: all)"
+    )
+    t.add_argument(
+        "--test-subset", type=_nonnegative_int, default=d.test_subset, help="evaluate on this many rows (0: all)"
+    )
     t.add_argument("--diagnostics", action="store_true", help="log synthetic-vs-true gradient alignment per epoch")
     t.add_argument("--sg-clip", type=_positive_float, default=None, help="clip synthetic gradients to this norm")
-    t.add_argument("--sg-max-norm", type=_positive_float, default=d.sg_max_norm, help="stop if a synthetic gradient exceeds this norm")
+    t.add_argument(
+        "--sg-max-norm",
+        type=_positive_float,
+        default=d.sg_max_norm,
+        help="stop if a synthetic gradient exceeds this norm",
+    )
     t.add_argument("--data-dir", default=None, help="data cache (default $MINIDNI_DATA or ~/.cache/minidni)")
     t.add_argument("--out", default=d.out, help="output directory")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -165,6 +197,8 @@ def _train(args, log):
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     metrics = train(cfg, resume=args.resume, log=log)
     last = metrics[-1]
-    print(f"final test error {last['test_error_pct']:.2f}% after {last['epoch']} epochs ({cfg.mode}, {cfg.model}); "
-          f"run written to {cfg.out}")
+    print(
+        f"final test error {last['test_error_pct']:.2f}% after {last['epoch']} epochs ({cfg.mode}, {cfg.model}); "
+        f"run written to {cfg.out}"
+    )
     return 0

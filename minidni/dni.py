@@ -337,7 +337,9 @@ def build_network(
     if mode in ("dni", "cdni"):
         kind = ("mlp" if mode == "dni" else "linear") if sg == "auto" else sg
         ctx = n_classes if mode == "cdni" else None
-        sgs = [make_synthetic_gradient(kind, hidden, ctx, sg_hidden, sg_layers, sg_scale, rng, dtype) for _ in stacks[:-1]]
+        sgs = [
+            make_synthetic_gradient(kind, hidden, ctx, sg_hidden, sg_layers, sg_scale, rng, dtype) for _ in stacks[:-1]
+        ]
         for m in sgs:
             m.set_optimizer(lambda p: make_optimizer(sg_optimizer or optimizer, p, sg_lr, momentum))
     for stack in stacks:

@@ -33,7 +33,9 @@ def assert_close(actual, expected, rtol=1e-6, atol=1e-8, name="array"):
 def numerical_gradient(f, x, eps=1e-6):
     """Central-difference gradient of the scalar function f() with respect to the array x, perturbed in place."""
     if x.dtype != np.float64:
-        raise TypeError(f"numerical gradients need float64 arrays, got {x.dtype}; build the model with dtype=np.float64")
+        raise TypeError(
+            f"numerical gradients need float64 arrays, got {x.dtype}; build the model with dtype=np.float64"
+        )
     grad = np.zeros_like(x)
     flat, gflat = x.reshape(-1), grad.reshape(-1)  # views: writing flat[j] perturbs x
     for j in range(flat.size):

@@ -11,6 +11,8 @@ own cache.
 What this module deliberately is not: a module tree with hooks, or an autograd graph. Sequential is a list.
 """
 
+import copy
+
 import numpy as np
 
 from . import functional as F
@@ -133,7 +135,9 @@ class BatchNorm1d(Layer):
     def forward(self, x, train=True):
         gamma, beta = self.params["gamma"], self.params["beta"]
         if not train:
-            y = F.batchnorm_forward_eval(x, gamma, beta, self.buffers["running_mean"], self.buffers["running_var"], self.eps)
+            y = F.batchnorm_forward_eval(
+                x, gamma, beta, self.buffers["running_mean"], self.buffers["running_var"], self.eps
+            )
             return y, None
         if x.shape[0] < 2:
             raise ValueError("BatchNorm1d in training mode needs a batch of at least 2 rows")
@@ -192,8 +196,6 @@ class Sequential(Layer):
 
     def __deepcopy__(self, memo):
         # a deep copy turns views into independent arrays: re-point the copied layers at the copied flat buffers
-        import copy
-
         clone = Sequential.__new__(Sequential)
         memo[id(self)] = clone
         clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
@@ -201,6 +203,7 @@ class Sequential(Layer):
             owners = [layer for layer in clone.layers if layer.params]
             point_into(owners, clone.optimizer.params["params"], clone.flat_grads)
         return clone
+
     def state_arrays(self, prefix=""):
         out = {}
         for i, layer in enumerate(self.layers):

@@ -59,7 +59,9 @@ def plot_learning_curves(metrics, path, title=None, paper_error=None):
         n = len(metrics[-1]["sg_cosine"])
         for i in range(n):
             ax.plot(epochs, [m["sg_cosine"][i] for m in metrics], marker=".", label=f"block {i}")
-        ax.set(xlabel="epoch", ylabel="cos(dh_syn, dh_true)", ylim=(-0.1, 1.0), title="gradient alignment (held-out batch)")
+        ax.set(
+            xlabel="epoch", ylabel="cos(dh_syn, dh_true)", ylim=(-0.1, 1.0), title="gradient alignment (held-out batch)"
+        )
         ax.legend(fontsize=8)
 
     if title:

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from . import __version__
-from .backend import backend_name, to_numpy, xp
+from .backend import backend_name, xp
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, restore_arrays, save_checkpoint
 from .dni import MODES, SG_TARGETS, build_network
 from .optim import StepSchedule
@@ -89,7 +89,9 @@ class TrainConfig:
         if self.sg_target not in SG_TARGETS:
             raise ValueError(f"sg_target must be one of {SG_TARGETS}, got {self.sg_target!r}")
         for name in ("optimizer", "sg_optimizer"):
-            if getattr(self, name) not in ("adam", "sgd") and not (name == "sg_optimizer" and self.sg_optimizer is None):
+            if getattr(self, name) not in ("adam", "sgd") and not (
+                name == "sg_optimizer" and self.sg_optimizer is None
+            ):
                 raise ValueError(f"{name} must be 'adam' or 'sgd', got {getattr(self, name)!r}")
         for name in ("sg_hidden", "sg_layers", "hidden", "epochs"):
             if getattr(self, name) < 1:
@@ -106,7 +108,9 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if any(not 0 < f < 1 for f in self.lr_decay_at):
-            raise ValueError(f"lr_decay_at must hold fractions of the run strictly between 0 and 1, got {self.lr_decay_at}")
+            raise ValueError(
+                f"lr_decay_at must hold fractions of the run strictly between 0 and 1, got {self.lr_decay_at}"
+            )
         if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         return self
@@ -130,7 +134,9 @@ def load_data(cfg, log=print):
     if cfg.data == "mnist":
         ds = data.load_dataset("mnist", cache_dir=cfg.data_dir, log=log)
     else:  # spirals: a small synthetic problem for tests and tutorials, with its own held-out test points
-        ds = data.load_dataset("spirals", n_per_class=1000, n_test_per_class=300, n_classes=N_CLASSES["spirals"], seed=cfg.seed)
+        ds = data.load_dataset(
+            "spirals", n_per_class=1000, n_test_per_class=300, n_classes=N_CLASSES["spirals"], seed=cfg.seed
+        )
     x, y, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
     val_size = DEFAULT_VAL_SIZE[cfg.data] if cfg.val_size is None else cfg.val_size
     x_tr, y_tr, x_val, y_val = data.train_val_split(x, y, val_size, cfg.seed)
@@ -254,7 +260,9 @@ def _check_resumable(cfg, meta):
         detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diffs)
         raise CheckpointError(f"cannot resume: the configuration differs from the checkpoint's ({detail})")
     if meta["epoch"] >= cfg.epochs:
-        raise CheckpointError(f"cannot resume: the checkpoint is at epoch {meta['epoch']}, already >= epochs={cfg.epochs}")
+        raise CheckpointError(
+            f"cannot resume: the checkpoint is at epoch {meta['epoch']}, already >= epochs={cfg.epochs}"
+        )
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -293,15 +301,19 @@ def train(cfg, resume=False, log=print, data=None):
         _restore(net, shuffle_rng, arrays, meta)
         start_epoch, step = meta["epoch"], meta["step"]
         if meta["lr_milestones"] != milestones:  # --epochs changed: the schedule already begun is kept
-            log(f"keeping the checkpoint's learning-rate milestones (steps {meta['lr_milestones']}); "
-                f"a new run of {cfg.epochs} epochs would use {milestones}")
+            log(
+                f"keeping the checkpoint's learning-rate milestones (steps {meta['lr_milestones']}); "
+                f"a new run of {cfg.epochs} epochs would use {milestones}"
+            )
             milestones = meta["lr_milestones"]
         # epochs logged after the checkpoint was written (a crash between the two) are dropped and redone
         metrics = [m for m in read_metrics(out) if m["epoch"] <= start_epoch]
         write_metrics(out, metrics)
         log(f"resuming {out} from epoch {start_epoch} (step {step})")
     schedule = StepSchedule(milestones, cfg.lr_gamma)
-    atomic_write(os.path.join(out, CONFIG), json.dumps({"config": config_dict(cfg), "environment": environment()}, indent=2))
+    atomic_write(
+        os.path.join(out, CONFIG), json.dumps({"config": config_dict(cfg), "environment": environment()}, indent=2)
+    )
 
     log(
         f"training {cfg.model} ({cfg.mode}{', sg=' + cfg.sg if cfg.mode in ('dni', 'cdni') else ''}) on {cfg.data}: "

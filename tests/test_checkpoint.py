@@ -25,7 +25,7 @@ def sample_arrays():
     return {
         "w32": rng.standard_normal((5, 3)).astype(np.float32),
         "w64": rng.standard_normal((4,)),
-        "ints": rng.integers(-10**12, 10**12, size=(2, 3), dtype=np.int64),
+        "ints": rng.integers(-(10**12), 10**12, size=(2, 3), dtype=np.int64),
         "small_ints": np.arange(7, dtype=np.int32),
         "scalar": np.array(np.pi, dtype=np.float32),  # 0-d
         "special": np.array([np.inf, -np.inf, -0.0, np.finfo(np.float64).tiny, 1e308]),
@@ -102,7 +102,13 @@ def test_atomic_write_respects_umask(tmp_path):
 
 def test_round_trip_is_exact(tmp_path):
     arrays = sample_arrays()
-    meta = {"epoch": 3, "step": 126, "rng": {"state": 2**100 + 7, "inc": 5}, "lr": 1e-3, "config": {"lr_milestones": [1, 2]}}
+    meta = {
+        "epoch": 3,
+        "step": 126,
+        "rng": {"state": 2**100 + 7, "inc": 5},
+        "lr": 1e-3,
+        "config": {"lr_milestones": [1, 2]},
+    }
     path = tmp_path / "checkpoint.npz"
     save_checkpoint(path, arrays, meta)
     loaded, loaded_meta = load_checkpoint(path)

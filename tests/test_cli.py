@@ -255,7 +255,10 @@ def test_metrics_logged_after_the_checkpoint_are_dropped_on_resume(tmp_path, cap
         train_run(capsys, b, *flags, expect=130)
     if crash == "fake-line":
         with open(b / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"epoch": 2, "step": 999, "train_loss": 123.0, "test_error_pct": 99.0, "seconds": 1.0}) + "\n")
+            f.write(
+                json.dumps({"epoch": 2, "step": 999, "train_loss": 123.0, "test_error_pct": 99.0, "seconds": 1.0})
+                + "\n"
+            )
     # else the real thing: epoch 2's metrics were written, then the process died before its checkpoint
     assert [m["epoch"] for m in read_metrics(b)] == [1, 2]
     assert load_checkpoint(b / "checkpoint.npz")[1]["epoch"] == 1
@@ -280,7 +283,9 @@ def test_resume_refuses_a_changed_flag(tmp_path, capsys):
     out = tmp_path / "run"
     train_run(capsys, out, "--mode", "cdni", "--epochs", "1")
     before = snapshot(out)
-    rc, _, err = cli(capsys, "train", *TINY, "--out", out, "--mode", "cdni", "--epochs", "2", "--resume", "--lr", "0.01")
+    rc, _, err = cli(
+        capsys, "train", *TINY, "--out", out, "--mode", "cdni", "--epochs", "2", "--resume", "--lr", "0.01"
+    )
     assert rc == 1
     assert "lr" in err and "0.01" in err and "cannot resume" in err
     assert snapshot(out) == before
@@ -463,7 +468,12 @@ def _python_m_minidni(tmp_path, *args):
     env = dict(os.environ, MINIDNI_DATA=str(tmp_path / "data-cache"))
     env.pop("MINIDNI_BACKEND", None)
     return subprocess.run(
-        [sys.executable, "-m", "minidni", *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "minidni", *map(str, args)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

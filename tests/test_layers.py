@@ -70,7 +70,12 @@ def test_batchnorm_rejects_single_row():
 
 def test_sequential_backward_through_a_block(x):
     rng = np.random.default_rng(4)
-    block = Sequential(Linear(4, 6, bias=False, rng=rng, dtype=f64), BatchNorm1d(6, dtype=f64), Tanh(), Linear(6, 2, rng=rng, dtype=f64))
+    block = Sequential(
+        Linear(4, 6, bias=False, rng=rng, dtype=f64),
+        BatchNorm1d(6, dtype=f64),
+        Tanh(),
+        Linear(6, 2, rng=rng, dtype=f64),
+    )
     errors = check_layer(block, x)
     assert {"x", "0.W", "1.gamma", "1.beta", "3.W", "3.b"} <= set(errors)
 

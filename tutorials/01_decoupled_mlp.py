@@ -214,11 +214,15 @@ loss, dlogits = F.softmax_cross_entropy(logits, yb)
 dh1_true = out.backward(dlogits, cache_out)
 out.update()
 sg_loss1 = block1.sg_update(dh1_syn, sg1_cache, dh_target=dh1_true)
-print(f"h1 {h1.shape} -> logits {logits.shape};  loss {float(loss):.4f};  dlogits {dlogits.shape};  "
-      f"true dh1 {dh1_true.shape}")
+print(
+    f"h1 {h1.shape} -> logits {logits.shape};  loss {float(loss):.4f};  dlogits {dlogits.shape};  "
+    f"true dh1 {dh1_true.shape}"
+)
 print(f"SG losses: module after block 0 {sg_loss0:.3e}, after block 1 {sg_loss1:.3e}")
-print(f"max |dh1_syn| {np.abs(dh1_syn).max():.2e} vs max |true dh1| {np.abs(dh1_true).max():.2e} (one Adam step "
-      f"moves each SG weight by about sg_lr = 1e-3, already more than these small gradients need)")
+print(
+    f"max |dh1_syn| {np.abs(dh1_syn).max():.2e} vs max |true dh1| {np.abs(dh1_true).max():.2e} (one Adam step "
+    f"moves each SG weight by about sg_lr = 1e-3, already more than these small gradients need)"
+)
 
 # %% [markdown]
 # **Check: the bootstrapped target is the next prediction pulled back through the next block.** Block 1 is
@@ -253,8 +257,10 @@ dz = gamma / np.sqrt(var + bn1.eps) * (da - da.mean(axis=0) - zhat * (da * zhat)
 expected_target = dz @ W1.T  # (B, 64): dh1_syn * d h1 / d h0
 
 scale = float(np.abs(expected_target).max())
-print(f"bootstrapped target: max |entry| {scale:.2e};  max |step - by hand| "
-      f"{float(np.abs(dx1 - expected_target).max()):.2e}")
+print(
+    f"bootstrapped target: max |entry| {scale:.2e};  max |step - by hand| "
+    f"{float(np.abs(dx1 - expected_target).max()):.2e}"
+)
 assert scale > 0, "the target should not be zero at step 2: the top module learnt at step 1"
 assert_close(dx1, expected_target, rtol=1e-4, atol=1e-5 * scale, name="bootstrapped target of the lower module")
 assert_close(dh1_syn, dh1_syn_twin, rtol=1e-4, atol=1e-5 * float(np.abs(dh1_syn_twin).max()), name="dh1_syn")
@@ -339,8 +345,10 @@ for mode in MODES:
     if mode in ("dni", "cdni"):
         c = np.mean([r["cosine"][-1] for r in runs[mode]], axis=0)
         cos = f"{c[0]:+.2f} / {c[1]:+.2f}"
-    print(f"{mode:8s}  {e.mean():6.2f} ({e.min():5.2f} - {e.max():5.2f})     "
-          f"{lo.mean():7.4f} ({lo.min():.4f} - {lo.max():.4f})  {cos:>16s}")
+    print(
+        f"{mode:8s}  {e.mean():6.2f} ({e.min():5.2f} - {e.max():5.2f})     "
+        f"{lo.mean():7.4f} ({lo.min():.4f} - {lo.max():.4f})  {cos:>16s}"
+    )
 
 # %% [markdown]
 # ### The picture
@@ -383,8 +391,14 @@ ax = axes[3]
 for mode, style in (("dni", "--"), ("cdni", "-")):
     cos = np.array([r["cosine"] for r in runs[mode]])  # (seeds, epochs + 1, blocks)
     for blk in range(cos.shape[2]):
-        ax.plot(epochs, cos[:, :, blk].mean(axis=0), style, marker=".", color=f"C{3 + blk}",
-                label=f"{mode}, module after block {blk}")
+        ax.plot(
+            epochs,
+            cos[:, :, blk].mean(axis=0),
+            style,
+            marker=".",
+            color=f"C{3 + blk}",
+            label=f"{mode}, module after block {blk}",
+        )
 ax.axhline(0, c="gray", lw=0.8)
 ax.set(xlabel="epoch", ylabel="cos(dh_syn, dh_true)", ylim=(-0.5, 1.0), title="gradient alignment (held-out batch)")
 ax.legend(fontsize=8)
