@@ -31,6 +31,7 @@ import numpy as np
 from . import functional as F
 from .backend import DEFAULT_DTYPE, to_numpy, xp
 from .layers import BatchNorm1d, Linear, ReLU, Sequential
+from .optim import make_optimizer
 from .synthetic import make_synthetic_gradient
 
 MODES = ("bprop", "nobprop", "dni", "cdni")
@@ -327,8 +328,6 @@ def build_network(
 
     sg="auto" picks the paper's modules: an MLP (2 x 1024) for dni, a linear map for cdni.
     """
-    from .optim import make_optimizer
-
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     rng = np.random.default_rng(seed)
