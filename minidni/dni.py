@@ -19,6 +19,9 @@ One DNI training step on a batch, in the order a decoupled system could run it (
     logits = f_N.forward(h_{N-1});  dlogits = dL/dlogits
     dx = f_N.backward(dlogits);  f_N.update();  M_N.update(target = dx)   # the only true gradient
 
+The paper counts blocks from 1; the code (lists, metrics, error messages) counts them from 0, so "block 0" is
+f_1 and its module "sg0" is M_2.
+
 What this module deliberately is not: parallel. The order above is the logical order of the work; the
 point of DNI is that block i's update depends only on M_{i+1} and not on the blocks above, and that is what the
 tests check. Running blocks in separate workers is a later layer built on these same steps.
@@ -59,7 +62,7 @@ class DecoupledBlock:
         return self.layers.forward(x, train)
 
     def synthetic_gradient(self, h, labels=None):
-        """dh_syn = M_{i+1}(h [, y]): (B, D_out), checked for divergence."""
+        """dh_syn = M_{i+1}(h [, y]): (B, D_out), checked for divergence. Returns (dh_syn, sg_cache, ||dh_syn||)."""
         dh_syn, sg_cache = self.sg.predict(h, labels)
         norm = math.sqrt(float(xp().vdot(dh_syn.ravel(), dh_syn.ravel())))  # one BLAS pass; NaN/inf propagate
         if not math.isfinite(norm) or norm > self.max_norm:
