@@ -9,9 +9,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    packages=["minidni", "minidni.kernels"],
+    packages=["minidni", "minidni.cuda", "minidni.kernels"],
     package_dir={"minidni": "minidni", "minidni.kernels": "kernels"},
-    package_data={"minidni.kernels": ["*.cu", "*.cuh"]},
+    package_data={"minidni.kernels": ["*.cu", "*.cuh"], "minidni.cuda": ["emu/*.h", "emu/*.cpp"]},
     python_requires=">=3.9",
     install_requires=[
         "numpy>=1.24",
@@ -20,7 +20,7 @@ setup(
         "threadpoolctl>=3.1",  # reports BLAS library and thread count in run configs and benchmarks
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13,<14"],  # NVRTC: the kernels compile in the tests as on a GPU
         "gpu": ["cupy-cuda13x"],
     },
     entry_points={"console_scripts": ["minidni=minidni.cli:main"]},

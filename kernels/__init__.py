@@ -1,2 +1,2 @@
-"""CUDA kernel sources (.cu), installed as package data `minidni.kernels`. The kernels themselves arrive with the
-GPU path; this package exists so that `pip install .` and `pip install -e .` ship the folder the same way."""
+"""The CUDA kernel sources (.cu, .cuh), installed as package data `minidni.kernels` so that `pip install .` and
+`pip install -e .` ship the folder the same way. minidni.cuda.loader reads them; docs/kernels.md explains them."""

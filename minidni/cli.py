@@ -14,6 +14,7 @@ import argparse
 import math
 import sys
 
+from .backend import BackendError, set_backend
 from .train import TrainConfig
 
 
@@ -67,7 +68,7 @@ def _fractions(s):
 def build_parser():
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m minidni", description="Synthetic gradients and DNI, from scratch.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,bench,data}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,bench,kernels,data}")
 
     t = sub.add_parser("train", help="train a network and write metrics, plot and checkpoint to --out")
     t.add_argument("--data", choices=("mnist", "spirals"), default=d.data)
@@ -134,6 +135,16 @@ def build_parser():
     t.add_argument("--out", default=d.out, help="output directory")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    t.add_argument(
+        "--backend", choices=("numpy", "cupy"), default=None, help="array backend (default: $MINIDNI_BACKEND or numpy)"
+    )
+    t.add_argument(
+        "--kernels",
+        choices=("auto", "fused", "unfused", "emulator"),
+        default=d.kernels,
+        help="fused CUDA kernels (auto: on a GPU for dni/cdni), the unfused array ops, or the kernels on the CPU "
+        "emulator (slow)",
+    )
 
     e = sub.add_parser("evaluate", help="report a checkpoint's test error")
     e.add_argument("checkpoint", help="path to a checkpoint.npz written by train")
@@ -144,6 +155,17 @@ def build_parser():
     b.add_argument("--batch", type=_positive_int, default=256)
     b.add_argument("--steps", type=_positive_int, default=20, help="steps per timing")
     b.add_argument("--repeats", type=_positive_int, default=7, help="timings per mode (the median is printed)")
+    b.add_argument(
+        "--backend",
+        choices=("numpy", "cupy"),
+        default="numpy",
+        help="numpy: the engine's training modes on the CPU; cupy: every CUDA kernel version and the fused DNI "
+        "step against the unfused CuPy path, on a GPU",
+    )
+    b.add_argument("--widths", default="256,1024", help="--backend cupy: hidden widths to time (batch is --batch)")
+
+    k = sub.add_parser("kernels", help="the CUDA kernels' registers, shared memory and spills, compiled by NVRTC")
+    k.add_argument("what", choices=("report",))
 
     g = sub.add_parser("data", help="fetch and verify a data set into the cache")
     g.add_argument("name", choices=("mnist",))
@@ -167,6 +189,17 @@ def main(argv=None):
             r = evaluate(args.checkpoint, log=log, data_dir=args.data_dir)
             print(f"test error {r['test_error_pct']:.2f}% on {r['test_rows']} rows (checkpoint at epoch {r['epoch']})")
             return 0
+        if args.command == "bench" and args.backend == "cupy":
+            from .cuda.bench import run
+
+            widths = tuple(_positive_int(w) for w in args.widths.split(",") if w.strip())
+            run("cupy", widths=widths, batch=args.batch, repeats=max(args.repeats, 20))
+            return 0
+        if args.command == "kernels":
+            from .cuda.report import main as report
+
+            report()
+            return 0
         if args.command == "bench":
             from .bench import BENCH_MODES, run
 
@@ -181,7 +214,7 @@ def main(argv=None):
 
             fetch_mnist(cache_dir=args.data_dir, log=log)
             return 0
-    except (CheckpointError, DivergenceError, FileExistsError, ValueError) as e:
+    except (BackendError, CheckpointError, DivergenceError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -192,6 +225,9 @@ def main(argv=None):
 
 def _train(args, log):
     from .train import train
+
+    if args.backend is not None:
+        set_backend(args.backend)
 
     fields = {f for f in TrainConfig.__dataclass_fields__}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

@@ -139,6 +139,18 @@ class Network:
             DecoupledBlock(stack, sg, index=i, max_norm=max_norm, clip=clip)
             for i, (stack, sg) in enumerate(zip(stacks, list(sgs) + [None]))
         ]
+        self.fused_step = None  # set by use_kernels: the same step through the CUDA kernels (minidni.cuda)
+
+    def use_kernels(self, kernels, versions=None):
+        """Run train_step through the fused CUDA kernels of minidni.cuda: `kernels` is a
+        minidni.cuda.loader.Kernels (CuPy on a GPU, or the CPU emulator); None goes back to the engine's own
+        (unfused) step. Only DNI/cDNI steps with bootstrapped targets have a fused form."""
+        if kernels is None:
+            self.fused_step = None
+            return
+        from .cuda.fused import FusedDNIStep
+
+        self.fused_step = FusedDNIStep(self, kernels, versions)
 
     @property
     def hidden(self):
@@ -153,6 +165,8 @@ class Network:
     def train_step(self, x, labels):
         """One step on a batch x: (B, D_in), labels: (B,). Returns {"loss": float, "sg_loss": [float per block]}."""
         self._check_batch(x, labels)
+        if self.fused_step is not None:
+            return self.fused_step(x, labels)
         if self.mode == "bprop":
             return self._bprop_step(x, labels, train_hidden=True)
         if self.mode == "nobprop":

@@ -28,8 +28,13 @@ class Optimizer:
         self.t = 0  # steps taken
         self._scratch = {k: p.copy() for k, p in params.items()}  # reused temporaries, one per parameter
 
-    def step(self, grads):
+    def begin_step(self):
+        """Count the step; optimisers whose step has per-step constants return them (see Adam)."""
         self.t += 1
+        return ()
+
+    def step(self, grads):
+        self.begin_step()
         for name, p in self.params.items():
             self._update(name, p, grads[name], self._scratch[name])
 
@@ -94,11 +99,17 @@ class Adam(Optimizer):
         self.M = {k: 0 * p for k, p in params.items()}  # sum_k b1^(t-k) g_k      = m_t / (1 - b1)
         self.V = {k: 0 * p for k, p in params.items()}  # sum_k b2^(t-k) g_k^2    = v_t / (1 - b2)
 
-    def step(self, grads):
+    def begin_step(self):
+        """Count the step and fold this step's constants: returns (a_t, eps_t). Fused GPU kernels that apply the
+        update element by element (minidni.cuda) call this once per step instead of `step`."""
         self.t += 1
         c = math.sqrt((1 - self.beta2) / (1 - self.beta2**self.t))
         self._a = self.lr * (1 - self.beta1) / ((1 - self.beta1**self.t) * c)
         self._eps_t = self.eps / c
+        return self._a, self._eps_t
+
+    def step(self, grads):
+        self.begin_step()
         for name, p in self.params.items():
             self._update(name, p, grads[name], self._scratch[name])
 

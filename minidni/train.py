@@ -40,7 +40,8 @@ CONFIG = "config.json"
 CURVES = "curves.png"
 
 # configuration fields that may change when a run is resumed; everything else must match the checkpoint
-RESUMABLE_CHANGES = ("epochs", "out", "progress", "data_dir")
+RESUMABLE_CHANGES = ("epochs", "out", "progress", "data_dir", "kernels")
+KERNELS = ("auto", "fused", "unfused", "emulator")
 N_CLASSES = {"mnist": 10, "spirals": 3}
 DEFAULT_VAL_SIZE = {"mnist": 5000, "spirals": 300}
 
@@ -76,6 +77,8 @@ class TrainConfig:
     data_dir: str = None  # data cache directory (default: $MINIDNI_DATA or ~/.cache/minidni)
     out: str = "runs/run"
     progress: bool = True  # show a progress bar
+    kernels: str = "auto"  # how the step runs: auto (fused CUDA kernels on a GPU for dni/cdni, else the engine's
+    #                        own ops) | fused | unfused | emulator (the CUDA kernels on the CPU emulator: slow)
 
     def validate(self):
         """Raise ValueError naming the first bad field and what was expected."""
@@ -111,6 +114,8 @@ class TrainConfig:
             raise ValueError(
                 f"lr_decay_at must hold fractions of the run strictly between 0 and 1, got {self.lr_decay_at}"
             )
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
         if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         return self
@@ -172,6 +177,34 @@ def build_from_config(cfg, d_in, n_classes):
         clip=cfg.sg_clip,
         seed=cfg.seed,
     )
+
+
+def attach_kernels(net, choice):
+    """Route net's training step through the CUDA kernels (minidni.cuda) or not; returns what was chosen.
+
+    auto: the fused kernels on a GPU (CuPy backend) for the steps that have a fused form (dni/cdni with
+    bootstrapped targets), the engine's own array ops otherwise. The results are the same step either way, to
+    float32 rounding; the kernels are there for speed. 'emulator' runs the kernels on the CPU emulator: a way to
+    watch them work without a GPU, hundreds of times slower than NumPy.
+    """
+    if choice == "unfused":
+        return "unfused"
+    if choice == "auto":
+        has_fused_form = net.mode in ("dni", "cdni") and net.sg_target == "bootstrap"
+        if backend_name() != "cupy" or not has_fused_form:
+            return "unfused"
+        choice = "fused"
+    if choice == "fused" and backend_name() != "cupy":
+        raise ValueError(
+            "--kernels fused runs the CUDA kernels on a GPU: select --backend cupy "
+            "(or --kernels emulator to run the same kernels on the CPU emulator, slowly)"
+        )
+    if choice == "emulator" and backend_name() != "numpy":
+        raise ValueError("--kernels emulator runs the kernels on NumPy arrays: select --backend numpy")
+    from .cuda.loader import get_kernels
+
+    net.use_kernels(get_kernels("cupy" if choice == "fused" else "emulator"))  # ValueError if no fused form
+    return choice
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -280,6 +313,7 @@ def train(cfg, resume=False, log=print, data=None):
         )
     x_tr, y_tr, x_val, y_val, x_te, y_te = data if data is not None else load_data(cfg, log)
     net = build_from_config(cfg, x_tr.shape[1], N_CLASSES[cfg.data])
+    log(f"training step: {attach_kernels(net, cfg.kernels)} ({backend_name()} backend)")
     shuffle_rng = np.random.default_rng([cfg.seed, 1])  # separate from the init RNG, saved in checkpoints
     # the held-out batch for --diagnostics: validation rows if there are enough, and of the training batch size,
     # because a gradient of a batch-mean loss scales with 1/B

@@ -15,27 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidni import backend
 from minidni import train as train_module
 from minidni.checkpoint import load_checkpoint
 from minidni.cli import build_parser, main
 
 TINY = ["--data", "spirals", "--model", "fcn3", "--batch", "64", "--hidden", "16", "--sg-hidden", "16",
         "--val-size", "300", "--seed", "0", "--no-progress"]  # fmt: skip
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: temporary data cache, numpy backend
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = ("checkpoint.npz", "config.json", "curves.png", "metrics.jsonl")
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No test reads or writes a real data cache, and every test runs on the numpy backend."""
-    monkeypatch.setenv("MINIDNI_DATA", str(tmp_path / "data-cache"))
-    monkeypatch.delenv("MINIDNI_BACKEND", raising=False)
-    saved = dict(backend._state)
-    backend.set_backend("numpy")
-    yield
-    backend._state.clear()
-    backend._state.update(saved)
 
 
 @pytest.fixture

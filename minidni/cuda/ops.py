@@ -1,0 +1,232 @@
+"""Launchers for minidni's GEMM-shaped kernels and optimiser steps: validate, pick the launch geometry, launch.
+
+    h = ops.linear_forward(kernels, x, P, act)                                   kernels/linear_forward.cu
+    dh_syn, delta = ops.sg_predict(kernels, u, P, labels, K, h, act)             kernels/sg_predict.cu
+    ops.layer_update(kernels, x, delta, P, has_bias, step)                       kernels/layer_update.cu
+    loss = ops.sg_update(kernels, u, labels, K, dh_syn, dh_target, scale, P, step)   kernels/sg_update.cu
+    ops.optimizer_step(kernels, P, grad, step)                                   kernels/optim.cu
+
+`kernels` is a minidni.cuda.loader.Kernels: the same launcher drives CuPy on a GPU or the CPU emulator, and
+arrays are cupy or numpy arrays to match. Every scalar reaches a kernel as an explicit np.int32 / np.float32:
+a Python int would arrive as a 64-bit value where the kernel reads 32 bits.
+The contracts (shapes, what is updated in place) are those of minidni.cuda.reference; `version` picks which
+implementation in the .cu file runs (see the file's header); the default is the fastest.
+
+What this module deliberately is not: a training step. minidni.cuda.fused strings these launches together.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+VERSIONS = {
+    "linear_forward": (1, 2, 3),
+    "sg_predict": (1, 2, 3),
+    "layer_update": (1, 2, 3),
+    "sg_update": (1, 2, 3),
+    "optimizer_step": (1,),
+}
+FASTEST = {name: versions[-1] for name, versions in VERSIONS.items()}
+
+# tile geometry of the tiled versions (kernels/tiles.cuh): output tile BM x BN, 256 threads per block
+_TILES = {2: 16, 3: 64}
+_THREADS = 256
+
+
+def _i32(v):
+    return np.int32(v)
+
+
+def _f32(v):
+    return np.float32(v)
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _check(name, a, shape, dtype=np.float32):
+    """A clear error for the mistakes a kernel cannot report: wrong shape, dtype or memory layout."""
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (a kernel reads it as a dense row-major array)")
+
+
+def _check_version(op, version):
+    if version not in VERSIONS[op]:
+        raise ValueError(f"{op} has versions {VERSIONS[op]}, got {version!r}")
+
+
+def _gemm_geometry(version, M, N):
+    """(grid, block) covering an M x N output: v1 one thread per element in 16 x 16 blocks, tiled versions one
+    BM x BN tile per 256-thread block."""
+    if version == 1:
+        return (_ceil_div(N, 16), _ceil_div(M, 16), 1), (16, 16, 1)
+    tile = _TILES[version]
+    return (_ceil_div(N, tile), _ceil_div(M, tile), 1), (_THREADS, 1, 1)
+
+
+def _labels_arg(kernels, labels, B, n_classes, checked):
+    """The int32 labels a cDNI kernel gathers with (range-checked unless the caller did: a kernel would read out of
+    bounds), or a one-element dummy when the map is not label-conditioned."""
+    if not n_classes:
+        return kernels.xp.zeros(1, dtype=np.int32)
+    _check("labels", labels, (B,), np.int32)
+    if not checked:
+        check_labels(labels, n_classes)
+    return labels
+
+
+def check_labels(labels, n_classes):
+    """labels in [0, n_classes), or ValueError. On a GPU this waits for the labels: check once per batch."""
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"labels must be in [0, {n_classes}), got values in [{lo}, {hi}]")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# optimiser steps as kernel arguments
+
+
+@dataclass
+class OptimizerStep:
+    """One optimiser step, as the fused kernels take it: the state arrays shaped like the parameter they update,
+    and the step's scalars. Build it with `optimizer_step_of` after the optimiser's `begin_step`."""
+
+    kind: str  # "sgd" or "adam"
+    state: tuple  # sgd: (velocity,)   adam: (M, V)
+    scalars: tuple  # sgd: (lr, momentum)   adam: (a_t, eps_t, beta1, beta2), as np.float32
+
+    def args(self):
+        return (*self.state, *self.scalars)
+
+    def flat(self):
+        """The same step over the parameter viewed as 1-D (for the elementwise optimizer_step)."""
+        return OptimizerStep(self.kind, tuple(a.reshape(-1) for a in self.state), self.scalars)
+
+
+def optimizer_step_of(opt, lo, hi, shape, name="params"):
+    """The current step of minidni.optim optimiser `opt` restricted to elements [lo, hi) of its flat parameter
+    `name`, viewed as `shape`. Call opt.begin_step() once per step first (Adam folds its constants there)."""
+    from ..optim import SGD, Adam
+
+    def view(a):
+        return a[lo:hi].reshape(shape)
+
+    if isinstance(opt, Adam):
+        if opt.t == 0:
+            raise RuntimeError("call the optimiser's begin_step() before building its kernel arguments")
+        scalars = tuple(_f32(s) for s in (opt._a, opt._eps_t, opt.beta1, opt.beta2))
+        return OptimizerStep("adam", (view(opt.M[name]), view(opt.V[name])), scalars)
+    if isinstance(opt, SGD):
+        return OptimizerStep("sgd", (view(opt.velocity[name]),), (_f32(opt.lr), _f32(opt.momentum)))
+    raise TypeError(f"no fused kernel for optimiser {type(opt).__name__}; expected SGD or Adam")
+
+
+def _check_step(step, shape):
+    if step.kind not in ("sgd", "adam"):
+        raise ValueError(f"unknown optimizer kind {step.kind!r}")
+    for i, a in enumerate(step.state):
+        _check(f"{step.kind} state array {i}", a, shape)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# launchers
+
+
+def linear_forward(kernels, x, P, act, has_bias=True, out=None, version=FASTEST["linear_forward"]):
+    """h = f(x W + b): x (B, Din), P = [W; b] (Din [+1], Dout) -> h (B, Dout)."""
+    _check_version("linear_forward", version)
+    B, Din = x.shape
+    Dout = P.shape[1]
+    _check("x", x, (B, Din))
+    _check("P", P, (Din + int(has_bias), Dout))
+    h = kernels.xp.empty((B, Dout), dtype=np.float32) if out is None else out
+    _check("out", h, (B, Dout))
+    grid, block = _gemm_geometry(version, B, Dout)
+    kernels.function("linear_forward", f"linear_forward_v{version}")(
+        grid, block, (x, P, h, _i32(B), _i32(Din), _i32(Dout), _i32(has_bias), _i32(act))
+    )
+    return h
+
+
+def sg_predict(
+    kernels, u, P, labels, n_classes, h, act, inv_scale=1.0, version=FASTEST["sg_predict"], labels_checked=False
+):
+    """dh_syn = (u A + C[y] + c) * inv_scale and delta = dh_syn * f'(z): u (B, Du), P (Du + K + 1, D),
+    h (B, D) the block output -> (dh_syn, delta), both (B, D). labels_checked: see check_labels."""
+    _check_version("sg_predict", version)
+    B, Du = u.shape
+    K = n_classes or 0
+    D = P.shape[1]
+    _check("u", u, (B, Du))
+    _check("P", P, (Du + K + 1, D))
+    _check("h", h, (B, D))
+    labels = _labels_arg(kernels, labels, B, K, labels_checked)
+    dh_syn = kernels.xp.empty((B, D), dtype=np.float32)
+    delta = kernels.xp.empty((B, D), dtype=np.float32)
+    grid, block = _gemm_geometry(version, B, D)
+    kernels.function("sg_predict", f"sg_predict_v{version}")(
+        grid,
+        block,
+        (u, P, labels, h, dh_syn, delta, _i32(B), _i32(Du), _i32(D), _i32(K), _i32(act), _f32(inv_scale)),
+    )
+    return dh_syn, delta
+
+
+def layer_update(kernels, x, delta, P, has_bias, step, version=FASTEST["layer_update"]):
+    """P <- P - opt([x, 1]^T delta) in place: x (B, Din), delta (B, Dout), P (Din [+1], Dout)."""
+    _check_version("layer_update", version)
+    B, Din = x.shape
+    Dout = delta.shape[1]
+    _check("x", x, (B, Din))
+    _check("delta", delta, (B, Dout))
+    _check("P", P, (Din + int(has_bias), Dout))
+    _check_step(step, P.shape)
+    grid, block = _gemm_geometry(version, P.shape[0], Dout)
+    kernels.function("layer_update", f"layer_update_{step.kind}_v{version}")(
+        grid, block, (x, delta, P, _i32(B), _i32(Din), _i32(Dout), _i32(has_bias), *step.args())
+    )
+
+
+def sg_update(
+    kernels, u, labels, n_classes, dh_syn, dh_target, scale, P, step, version=FASTEST["sg_update"], labels_checked=False
+):
+    """One regression step of the SG map P (Du + K + 1, D) towards dh_target, in place. Returns the SG loss
+    (1/B) sum ||dh_syn - dh_target||^2 as a one-element array (reading it is a device sync; callers batch that)."""
+    _check_version("sg_update", version)
+    B, Du = u.shape
+    K = n_classes or 0
+    D = P.shape[1]
+    _check("u", u, (B, Du))
+    _check("dh_syn", dh_syn, (B, D))
+    _check("dh_target", dh_target, (B, D))
+    _check("P", P, (Du + K + 1, D))
+    _check_step(step, P.shape)
+    labels = _labels_arg(kernels, labels, B, K, labels_checked)
+    loss = kernels.xp.zeros(1, dtype=np.float32)
+    coef = 2.0 * scale / B  # the mse gradient 2 (dh_syn - dh_target) / B, times the module's output scale
+    grid, block = _gemm_geometry(version, P.shape[0], D)
+    kernels.function("sg_update", f"sg_update_{step.kind}_v{version}")(
+        grid,
+        block,
+        (u, labels, dh_syn, dh_target, P, loss, _i32(B), _i32(Du), _i32(D), _i32(K), _f32(coef), _f32(1.0 / B))
+        + step.args(),
+    )
+    return loss
+
+
+def optimizer_step(kernels, P, grad, step, version=FASTEST["optimizer_step"]):
+    """P <- P - opt(grad) in place, elementwise: P, grad and the step's state are 1-D slices of equal length."""
+    _check_version("optimizer_step", version)
+    n = P.shape[0]
+    _check("P", P, (n,))
+    _check("grad", grad, (n,))
+    _check_step(step, (n,))
+    grid, block = (_ceil_div(n, _THREADS), 1, 1), (_THREADS, 1, 1)
+    kernels.function("optim", f"{step.kind}_step_v{version}")(
+        grid, block, (P, grad, *step.state, _i32(n)) + step.scalars
+    )

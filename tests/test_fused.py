@@ -1,0 +1,176 @@
+"""The whole DNI/cDNI training step through the fused kernels (minidni.cuda.fused), run by the CPU emulator
+(NumPy for what is not a kernel), equals the engine's own step (minidni.dni.Network._dni_step) - every
+parameter, optimiser moment and batch-norm statistic, and the returned losses - to float32 tolerance."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from minidni.cuda.emulator import emulator_available, unavailable_reason
+from minidni.cuda.loader import Kernels, get_kernels
+from minidni.dni import DivergenceError, build_network
+from minidni.layers import Tanh
+
+pytestmark = pytest.mark.skipif(not emulator_available(), reason=f"CPU emulator: {unavailable_reason()}")
+
+# small odd sizes: 13 inputs, 37 units, 5 classes, batch 11; the MLP module has one hidden layer of 19
+CASES = {
+    "cdni-linear-adam": dict(mode="cdni", sg="linear"),
+    "dni-linear-sgd": dict(mode="dni", sg="linear", optimizer="sgd"),
+    "dni-mlp-adam": dict(mode="dni", sg="mlp"),
+    "cdni-mlp-sgd-scaled": dict(mode="cdni", sg="mlp", optimizer="sgd", sg_scale=11.0),
+    "cdni-linear-no-bn-tanh-clip": dict(mode="cdni", sg="linear", batchnorm=False, clip=1e-3),
+    "dni-fcn4-adam": dict(mode="dni", sg="linear", depth=4),
+}
+
+
+def _engine(case):
+    kw = dict(depth=3, d_in=13, hidden=37, n_classes=5, sg_hidden=19, sg_layers=1, lr=1e-2, sg_lr=1e-2, seed=3)
+    kw.update(CASES[case])
+    engine = build_network(**kw)
+    if CASES[case].get("batchnorm") is False:  # exercise another activation in the fused f'
+        for block in engine.hidden:
+            block.layers.layers[-1] = Tanh()
+    for opt in engine.optimizers().values():
+        # Adam divides by sqrt(V) + eps, so an element whose gradient is zero up to rounding takes a step set by
+        # the rounding noise. An SG module's bias above a batch-norm block is such an element: its targets have
+        # column sums of exactly 0 in exact arithmetic. Two correct implementations round differently; a larger
+        # eps keeps that noise from deciding the comparison. (The kernels take eps from the optimiser.)
+        if hasattr(opt, "eps"):
+            opt.eps = 1e-3
+    return engine
+
+
+def _pair(case, versions=None, warm_steps=4):
+    """The engine after `warm_steps` steps (so the SG modules are no longer zero) and a copy of it that steps
+    through the emulated kernels: both start the compared steps from the same state."""
+    engine = _engine(case)
+    for x, y in _batches(warm_steps, seed=1):
+        engine.train_step(x, y)
+    fused = copy.deepcopy(engine)
+    fused.use_kernels(get_kernels("emulator"), versions)
+    return engine, fused
+
+
+def _batches(n, B=11, d_in=13, K=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((B, d_in)).astype(np.float32), rng.integers(0, K, B)) for _ in range(n)]
+
+
+def _assert_same_state(engine, fused, tol):
+    a, b = engine.state_arrays(), fused.state_arrays()
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=tol, atol=tol, err_msg=k)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_step_equals_engine_step(case):
+    for x, y in _batches(2):  # each compared step starts from the same state: one step equals one step
+        engine, fused = _pair(case)
+        want, got = engine.train_step(x, y), fused.train_step(x, y)
+        np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+        np.testing.assert_allclose(got["sg_loss"], want["sg_loss"], rtol=1e-4)
+        _assert_same_state(engine, fused, tol=2e-5)
+    before = _pair(case)[0].state_arrays()
+    moved = {k: float(np.abs(engine.state_arrays()[k] - before[k]).max()) for k in before if ".opt." not in k}
+    assert all(v > 0 for k, v in moved.items() if "running" not in k), moved  # every parameter took a step
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_fused_step_with_older_kernel_versions(version):
+    versions = {"linear_forward": version, "sg_predict": version, "layer_update": version, "sg_update": version}
+    engine, fused = _pair("cdni-linear-adam", versions)
+    x, y = _batches(1)[0]
+    engine.train_step(x, y)
+    fused.train_step(x, y)
+    _assert_same_state(engine, fused, tol=2e-5)
+
+
+def test_fused_step_refuses_what_it_cannot_run():
+    net = build_network(depth=3, d_in=13, hidden=37, n_classes=5, mode="bprop")
+    with pytest.raises(ValueError, match="mode 'bprop' runs unfused"):
+        net.use_kernels(get_kernels("emulator"))
+    net = build_network(depth=3, d_in=13, hidden=37, n_classes=5, mode="cdni", sg_target="true")
+    with pytest.raises(ValueError, match="sg_target='true' runs unfused"):
+        net.use_kernels(get_kernels("emulator"))
+    net = build_network(depth=3, d_in=13, hidden=37, n_classes=5, mode="cdni")
+    with pytest.raises(ValueError, match="unknown kernels"):
+        net.use_kernels(get_kernels("emulator"), {"sg_predikt": 1})
+
+
+def test_fused_step_reports_divergence_like_the_engine():
+    engine, fused = _pair("cdni-linear-adam")
+    x, y = _batches(1)[0]
+    for net in (engine, fused):
+        net.hidden[0].sg.net.layers[-1].params["b"][...] = 1e6  # a module that predicts an enormous gradient
+        with pytest.raises(DivergenceError, match="synthetic gradient of block 0 diverged"):
+            net.train_step(x, y)
+
+
+def _cupy_available():
+    try:
+        import cupy
+    except ImportError:
+        return False
+    return bool(cupy.is_available())
+
+
+@pytest.mark.skipif(not _cupy_available(), reason="needs a GPU (cupy.is_available())")
+def test_gpu_fused_step_equals_engine_step_and_trains(tmp_path):
+    """On a real GPU: the fused step through CuPy equals the unfused CuPy step, and a short run learns."""
+    import cupy
+
+    from minidni.backend import set_backend
+    from minidni.train import TrainConfig, train
+
+    set_backend("cupy")
+    try:
+        kw = dict(depth=3, d_in=13, hidden=37, n_classes=5, lr=1e-2, sg_lr=1e-2, seed=3, mode="cdni", sg="linear")
+        engine = build_network(**kw)
+        fused = build_network(**kw)
+        fused.use_kernels(Kernels("cupy"))
+        for x, y in _batches(4):
+            x, y = cupy.asarray(x), cupy.asarray(y)
+            engine.train_step(x, y)
+            fused.train_step(x, y)
+        a, b = engine.state_arrays(), fused.state_arrays()
+        for k in a:
+            np.testing.assert_allclose(b[k].get(), a[k].get(), rtol=1e-4, atol=1e-4, err_msg=k)
+        cfg = TrainConfig(data="spirals", mode="cdni", epochs=3, batch=64, kernels="fused", out=str(tmp_path / "r"))
+        metrics = train(cfg, log=lambda m: None)
+        assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    finally:
+        set_backend("numpy")
+
+
+class _CountingKernels:
+    """A Kernels stand-in that counts launches, by kernel name, on the way to the emulator."""
+
+    def __init__(self, inner):
+        self.inner, self.xp, self.target, self.launches = inner, inner.xp, inner.target, []
+
+    def function(self, stem, name):
+        f = self.inner.function(stem, name)
+
+        def launch(*args, **kwargs):
+            self.launches.append(name)
+            return f(*args, **kwargs)
+
+        return launch
+
+
+def test_the_on_paper_launch_count_is_what_the_fused_step_launches():
+    from minidni.cuda import traffic
+
+    net = build_network(depth=3, d_in=13, hidden=37, n_classes=5, mode="cdni", sg="linear", seed=3)
+    counting = _CountingKernels(get_kernels("emulator"))
+    net.use_kernels(counting)
+    x, y = _batches(1)[0]
+    net.train_step(x, y)
+    paper = traffic.fused_step(B=11, d_in=13, D=37, K=5)
+    assert len(counting.launches) == traffic.totals(paper)["kernel_launches"]
+    for op in (o for o in paper if o["kernel"]):  # each kernel the paper names is launched (kernel names: op names)
+        name = op["op"].split(": ")[1].split(" ")[0]
+        assert any(launched.startswith(name) for launched in counting.launches), name
