@@ -35,21 +35,35 @@ FP32 = 4  # bytes
 _FP32_LANES = {(7, 5): 64, (8, 0): 64, (8, 6): 128, (8, 7): 128, (8, 9): 128, (9, 0): 128, (10, 0): 128, (12, 0): 128}
 
 
+# cudaDeviceAttr values (CUDA runtime API), stable across CUDA versions; CUDA 13's cudaDeviceProp no longer has
+# the clock fields, so the nominal peaks are read as attributes
+_ATTR = {"clock_khz": 13, "sms": 16, "memory_clock_khz": 36, "bus_width_bits": 37}
+
+
 def device_info():
-    """Name and nominal peaks of the current GPU."""
+    """Name and nominal peaks of the current GPU (None where the driver does not say)."""
     import cupy
 
     dev = cupy.cuda.Device()
     props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+
+    def attr(name):
+        try:
+            return cupy.cuda.runtime.deviceGetAttribute(_ATTR[name], dev.id)
+        except cupy.cuda.runtime.CUDARuntimeError:  # not reported by this driver: that peak stays unknown
+            return None
+
     cc = (props["major"], props["minor"])
-    bandwidth = 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8  # DDR: 2 transfers per clock
+    mem_khz, bus, clock_khz, sms = attr("memory_clock_khz"), attr("bus_width_bits"), attr("clock_khz"), attr("sms")
+    bandwidth = 2 * mem_khz * 1e3 * bus / 8 if mem_khz and bus else None  # DDR: 2 transfers per clock
     lanes = _FP32_LANES.get(cc)
-    peak = 2 * lanes * props["multiProcessorCount"] * props["clockRate"] * 1e3 if lanes else None  # FMA = 2 flops
+    peak = 2 * lanes * sms * clock_khz * 1e3 if lanes and sms and clock_khz else None  # an FMA is 2 flops
+    name = props["name"]
     return {
-        "gpu": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+        "gpu": name.decode() if isinstance(name, bytes) else name,
         "compute_capability": f"{cc[0]}.{cc[1]}",
-        "sms": props["multiProcessorCount"],
-        "nominal_bandwidth_GBps": round(bandwidth / 1e9, 1),
+        "sms": sms,
+        "nominal_bandwidth_GBps": round(bandwidth / 1e9, 1) if bandwidth else None,
         "nominal_fp32_GFLOPs": round(peak / 1e9, 1) if peak else None,
         "cupy": cupy.__version__,
     }
