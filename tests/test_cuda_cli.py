@@ -91,3 +91,22 @@ def test_bench_harness_runs_on_the_emulator():
     steps = bench.bench_steps(kernels, widths=(19,), batch=8, repeats=1, out=lines.append)
     assert {r["mode"] for r in steps} == {"cdni", "dni"} and all(r["speedup"] > 0 for r in steps)
     assert len(lines) == len(rows) + len(steps) and all(json.loads(line) for line in lines)
+
+
+def test_kernels_are_found_from_a_source_checkout(monkeypatch):
+    """`pip install .` then `python -m minidni` in the repository imports ./minidni, which has no kernels
+    subpackage: the loader must then find the checkout's kernels/ folder (it did not, once)."""
+    from importlib import resources
+
+    from minidni.cuda import loader
+
+    installed = loader.kernel_dir()
+
+    def no_package(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(resources, "files", no_package)
+    found = loader.kernel_dir()
+    assert (found / "tiles.cuh").is_file() and sorted(p.name for p in found.glob("*.cu")) == sorted(
+        p.name for p in installed.glob("*.cu")
+    )

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from minidni.cuda import nvrtc, report
+from minidni.cuda import loader, nvrtc, report
 
 KERNEL_FILES = report.kernel_files()
 PTX_ARCHS = ("compute_75",)  # the oldest target CUDA 13 supports; PTX is what an unlisted GPU would JIT
@@ -51,7 +51,7 @@ def test_nvrtc_is_available():
 
 
 def test_package_ships_kernels():
-    assert KERNEL_FILES, f"no .cu files in {report.kernels_dir()}"
+    assert KERNEL_FILES, f"no .cu files in {loader.kernel_dir()}"
 
 
 @pytest.mark.parametrize("arch", PTX_ARCHS)

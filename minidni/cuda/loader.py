@@ -13,6 +13,7 @@ is the business of the code that launches it (minidni.cuda.ops).
 """
 
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -23,24 +24,40 @@ TARGETS = ("cupy", "emulator")
 
 
 def kernel_dir():
-    """The directory that holds the shipped .cu and .cuh files (the minidni.kernels package)."""
-    return resources.files("minidni.kernels")
+    """The directory that holds the shipped .cu and .cuh files.
+
+    Installed, that is the package data `minidni.kernels`. Run from a source checkout after a non-editable
+    install (`python -m minidni` in the repository imports ./minidni, where no kernels subpackage exists), it is
+    the checkout's own kernels/ folder, next to minidni/.
+    """
+    try:
+        return Path(str(resources.files("minidni.kernels")))
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parents[2] / "kernels"
+        if (checkout / "tiles.cuh").is_file():
+            return checkout
+        raise FileNotFoundError(
+            "cannot find minidni's CUDA kernels: the package data minidni.kernels is not installed and there is no "
+            f"kernels/ folder at {checkout}. Reinstall minidni (pip install .)."
+        ) from None
 
 
 def kernel_files():
-    """Names (without .cu) of every kernel file that ships with minidni."""
-    return sorted(p.name[:-3] for p in kernel_dir().iterdir() if p.name.endswith(".cu"))
+    """Every kernel file (.cu) that ships with minidni, sorted by name; headers (.cuh) are included by them."""
+    return sorted(kernel_dir().glob("*.cu"))
 
 
 def kernel_source(stem):
     """The text of kernels/<stem>.cu, exactly as on disk."""
     path = kernel_dir() / f"{stem}.cu"
     if not path.is_file():
-        raise FileNotFoundError(f"no kernel file {stem}.cu in {kernel_dir()}; available: {kernel_files()}")
+        available = [p.stem for p in kernel_files()]
+        raise FileNotFoundError(f"no kernel file {stem}.cu in {kernel_dir()}; available: {available}")
     return path.read_text(encoding="utf-8")
 
 
 def include_options():
+    """The compile options both targets need: the kernels folder on the include path (for #include "tiles.cuh")."""
     return (f"-I{kernel_dir()}",)
 
 

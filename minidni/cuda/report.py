@@ -8,23 +8,13 @@ This deliberately is not a benchmark or an occupancy calculator: it reports what
 what tells a reader whether a kernel spills or is register-hungry, not how fast it runs.
 """
 
-import importlib.resources
 import re
 from pathlib import Path
 
 from minidni.cuda import nvrtc
+from minidni.cuda.loader import kernel_files
 
 COLUMNS = ("file", "kernel", "arch", "registers", "shared_bytes", "spill_stores", "spill_loads", "stack_frame")
-
-
-def kernels_dir():
-    """The folder holding the .cu sources, wherever minidni is installed (package data `minidni.kernels`)."""
-    return Path(str(importlib.resources.files("minidni.kernels")))
-
-
-def kernel_files():
-    """Every .cu file shipped with minidni, sorted by name. Headers (.cuh) are not compiled on their own."""
-    return sorted(kernels_dir().glob("*.cu"))
 
 
 def _strip_comments(source):
