@@ -19,6 +19,7 @@ What this module deliberately is not: a layer. Caches and running statistics are
 
 import numpy as np
 
+from .checks import ceil_div, check_array, check_matrix, check_version
 from .reference import ACTS
 
 VERSIONS = {
@@ -32,50 +33,6 @@ THREADS_PER_BLOCK = 256  # v1 kernels: one thread per column (BN) or per row (so
 BN_COLS = 32  # v2 BN kernels: a block is 32 adjacent columns (one warp wide) ...
 BN_LANES = 16  # ... by 16 row-lanes; the kernel needs a power of two <= 32
 XENT_ROWS = 8  # softmax_xent_v2: 8 rows per block, one warp per row
-INT32_MAX = 2**31 - 1  # the kernels index with int
-
-
-# ------------------------------------------------------------------------------------------------------------
-# checking what a kernel is about to read
-
-
-def _check_type(kernels, name, a):
-    xp = kernels.xp
-    if not isinstance(a, xp.ndarray):
-        got = f"{type(a).__module__}.{type(a).__name__}"
-        raise TypeError(f"{name} must be a {xp.__name__}.ndarray for {kernels!r}, got {got}")
-
-
-def _check_array(kernels, name, a, shape, dtype=np.float32):
-    """Raise a TypeError/ValueError naming `name` unless `a` is a C-contiguous `dtype` array of `shape` that
-    lives where the kernels run (a NumPy array for the emulator, a CuPy array for the GPU)."""
-    _check_type(kernels, name, a)
-    if a.dtype != dtype:
-        want = np.dtype(dtype).name
-        raise TypeError(f"{name} must be {want}, got {a.dtype} (convert with {name}.astype(np.{want}))")
-    if a.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (row-major, no strides); pass xp.ascontiguousarray({name})")
-
-
-def _check_matrix(kernels, name, a, min_rows=1):
-    """A 2-D float32 input whose shape sets (B, D): returns (B, D)."""
-    _check_type(kernels, name, a)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array, got shape {a.shape}")
-    B, D = a.shape
-    if B < min_rows or D < 1:
-        raise ValueError(f"{name} must have at least {min_rows} rows and 1 column, got shape {a.shape}")
-    if B * D > INT32_MAX:
-        raise ValueError(f"{name} has {B * D} elements; the kernels index with int32 (at most {INT32_MAX})")
-    _check_array(kernels, name, a, (B, D))
-    return B, D
-
-
-def _check_version(op, version):
-    if version not in VERSIONS[op]:
-        raise ValueError(f"{op} has versions {VERSIONS[op]}, got version={version!r}")
 
 
 def _act_code(act):
@@ -89,10 +46,6 @@ def _act_code(act):
     return int(act)
 
 
-def _ceil_div(a, b):
-    return (a + b - 1) // b
-
-
 # ------------------------------------------------------------------------------------------------------------
 # batch norm (training mode) + activation, and its backward
 
@@ -102,10 +55,10 @@ def bn_forward_train(
 ):
     """z (B, D) -> (h (B, D), xhat (B, D), inv_std (D,)) with h = f(gamma * xhat + beta); running_mean and
     running_var (D,) are updated in place. B >= 2 (the running variance uses the unbiased factor B / (B - 1))."""
-    _check_version("bn_forward_train", version)
-    B, D = _check_matrix(kernels, "z", z, min_rows=2)
+    check_version(VERSIONS, "bn_forward_train", version)
+    B, D = check_matrix(kernels, "z", z, min_rows=2)
     for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
-        _check_array(kernels, name, a, (D,))
+        check_array(kernels, name, a, (D,))
     act = _act_code(act)
 
     xp = kernels.xp
@@ -113,9 +66,9 @@ def bn_forward_train(
     xhat = xp.empty((B, D), dtype=np.float32)  # (B, D)
     inv_std = xp.empty(D, dtype=np.float32)  # (D,)
     if version == 1:
-        grid, block = (_ceil_div(D, THREADS_PER_BLOCK),), (THREADS_PER_BLOCK,)
+        grid, block = (ceil_div(D, THREADS_PER_BLOCK),), (THREADS_PER_BLOCK,)
     else:
-        grid, block = (_ceil_div(D, BN_COLS),), (BN_COLS, BN_LANES)
+        grid, block = (ceil_div(D, BN_COLS),), (BN_COLS, BN_LANES)
     args = (z, gamma, beta, running_mean, running_var, h, xhat, inv_std)
     args += (np.int32(B), np.int32(D), np.int32(act), np.float32(momentum), np.float32(eps))
     kernels.function("batchnorm", f"bn_forward_train_v{version}")(grid, block, args)
@@ -127,24 +80,24 @@ def bn_backward(kernels, dy, xhat, inv_std, gamma, dgamma=None, dbeta=None, vers
 
     dgamma and dbeta, when given, are written in place: contiguous float32 (D,) arrays, for instance views into a
     layer's flat gradient buffer. When not given they are allocated."""
-    _check_version("bn_backward", version)
-    B, D = _check_matrix(kernels, "dy", dy, min_rows=1)
-    _check_array(kernels, "xhat", xhat, (B, D))
-    _check_array(kernels, "inv_std", inv_std, (D,))
-    _check_array(kernels, "gamma", gamma, (D,))
+    check_version(VERSIONS, "bn_backward", version)
+    B, D = check_matrix(kernels, "dy", dy, min_rows=1)
+    check_array(kernels, "xhat", xhat, (B, D))
+    check_array(kernels, "inv_std", inv_std, (D,))
+    check_array(kernels, "gamma", gamma, (D,))
 
     xp = kernels.xp
     if dgamma is None:
         dgamma = xp.empty(D, dtype=np.float32)  # (D,)
     if dbeta is None:
         dbeta = xp.empty(D, dtype=np.float32)  # (D,)
-    _check_array(kernels, "dgamma", dgamma, (D,))
-    _check_array(kernels, "dbeta", dbeta, (D,))
+    check_array(kernels, "dgamma", dgamma, (D,))
+    check_array(kernels, "dbeta", dbeta, (D,))
     dx = xp.empty((B, D), dtype=np.float32)  # (B, D)
     if version == 1:
-        grid, block = (_ceil_div(D, THREADS_PER_BLOCK),), (THREADS_PER_BLOCK,)
+        grid, block = (ceil_div(D, THREADS_PER_BLOCK),), (THREADS_PER_BLOCK,)
     else:
-        grid, block = (_ceil_div(D, BN_COLS),), (BN_COLS, BN_LANES)
+        grid, block = (ceil_div(D, BN_COLS),), (BN_COLS, BN_LANES)
     args = (dy, xhat, inv_std, gamma, dx, dgamma, dbeta, np.int32(B), np.int32(D))
     kernels.function("batchnorm", f"bn_backward_v{version}")(grid, block, args)
     return dx, dgamma, dbeta
@@ -160,9 +113,9 @@ def softmax_xent(kernels, logits, labels, version=FASTEST["softmax_xent"], label
     loss_rows[b] = -log softmax(logits_b)[labels_b] (the batch loss is loss_rows.mean()) and
     dlogits = (softmax(logits) - onehot(labels)) / B. labels_checked=True skips the range check, for callers
     that checked these labels already (on a GPU the check waits for the labels)."""
-    _check_version("softmax_xent", version)
-    B, K = _check_matrix(kernels, "logits", logits, min_rows=1)
-    _check_array(kernels, "labels", labels, (B,), dtype=np.int32)
+    check_version(VERSIONS, "softmax_xent", version)
+    B, K = check_matrix(kernels, "logits", logits, min_rows=1)
+    check_array(kernels, "labels", labels, (B,), dtype=np.int32)
     if not labels_checked:
         lo, hi = int(labels.min()), int(labels.max())  # on a GPU this waits for the labels
         if lo < 0 or hi >= K:
@@ -172,9 +125,9 @@ def softmax_xent(kernels, logits, labels, version=FASTEST["softmax_xent"], label
     loss_rows = xp.empty(B, dtype=np.float32)  # (B,)
     dlogits = xp.empty((B, K), dtype=np.float32)  # (B, K)
     if version == 1:
-        grid, block = (_ceil_div(B, THREADS_PER_BLOCK),), (THREADS_PER_BLOCK,)
+        grid, block = (ceil_div(B, THREADS_PER_BLOCK),), (THREADS_PER_BLOCK,)
     else:
-        grid, block = (_ceil_div(B, XENT_ROWS),), (32, XENT_ROWS)
+        grid, block = (ceil_div(B, XENT_ROWS),), (32, XENT_ROWS)
     args = (logits, labels, loss_rows, dlogits, np.int32(B), np.int32(K))
     kernels.function("softmax_xent", f"softmax_xent_v{version}")(grid, block, args)
     return loss_rows, dlogits

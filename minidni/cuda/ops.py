@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import ceil_div, check_array, check_matrix, check_type, check_version
+
 VERSIONS = {
     "linear_forward": (1, 2, 3),
     "sg_predict": (1, 2, 3),
@@ -41,32 +43,13 @@ def _f32(v):
     return np.float32(v)
 
 
-def _ceil_div(a, b):
-    return -(-a // b)
-
-
-def _check(name, a, shape, dtype=np.float32):
-    """A clear error for the mistakes a kernel cannot report: wrong shape, dtype or memory layout."""
-    if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (a kernel reads it as a dense row-major array)")
-
-
-def _check_version(op, version):
-    if version not in VERSIONS[op]:
-        raise ValueError(f"{op} has versions {VERSIONS[op]}, got {version!r}")
-
-
 def _gemm_geometry(version, M, N):
     """(grid, block) covering an M x N output: v1 one thread per element in 16 x 16 blocks, tiled versions one
     BM x BN tile per 256-thread block."""
     if version == 1:
-        return (_ceil_div(N, 16), _ceil_div(M, 16), 1), (16, 16, 1)
+        return (ceil_div(N, 16), ceil_div(M, 16), 1), (16, 16, 1)
     tile = _TILES[version]
-    return (_ceil_div(N, tile), _ceil_div(M, tile), 1), (_THREADS, 1, 1)
+    return (ceil_div(N, tile), ceil_div(M, tile), 1), (_THREADS, 1, 1)
 
 
 def _labels_arg(kernels, labels, B, n_classes, checked):
@@ -74,7 +57,7 @@ def _labels_arg(kernels, labels, B, n_classes, checked):
     bounds), or a one-element dummy when the map is not label-conditioned."""
     if not n_classes:
         return kernels.xp.zeros(1, dtype=np.int32)
-    _check("labels", labels, (B,), np.int32)
+    check_array(kernels, "labels", labels, (B,), np.int32)
     if not checked:
         check_labels(labels, n_classes)
     return labels
@@ -126,11 +109,11 @@ def optimizer_step_of(opt, lo, hi, shape, name="params"):
     raise TypeError(f"no fused kernel for optimiser {type(opt).__name__}; expected SGD or Adam")
 
 
-def _check_step(step, shape):
+def _check_step(kernels, step, shape):
     if step.kind not in ("sgd", "adam"):
         raise ValueError(f"unknown optimizer kind {step.kind!r}")
     for i, a in enumerate(step.state):
-        _check(f"{step.kind} state array {i}", a, shape)
+        check_array(kernels, f"{step.kind} state array {i}", a, shape)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,13 +122,12 @@ def _check_step(step, shape):
 
 def linear_forward(kernels, x, P, act, has_bias=True, out=None, version=FASTEST["linear_forward"]):
     """h = f(x W + b): x (B, Din), P = [W; b] (Din [+1], Dout) -> h (B, Dout)."""
-    _check_version("linear_forward", version)
-    B, Din = x.shape
-    Dout = P.shape[1]
-    _check("x", x, (B, Din))
-    _check("P", P, (Din + int(has_bias), Dout))
+    check_version(VERSIONS, "linear_forward", version)
+    B, Din = check_matrix(kernels, "x", x)
+    Dout = check_matrix(kernels, "P", P)[1]
+    check_array(kernels, "P", P, (Din + int(has_bias), Dout))
     h = kernels.xp.empty((B, Dout), dtype=np.float32) if out is None else out
-    _check("out", h, (B, Dout))
+    check_array(kernels, "out", h, (B, Dout))
     grid, block = _gemm_geometry(version, B, Dout)
     kernels.function("linear_forward", f"linear_forward_v{version}")(
         grid, block, (x, P, h, _i32(B), _i32(Din), _i32(Dout), _i32(has_bias), _i32(act))
@@ -158,13 +140,12 @@ def sg_predict(
 ):
     """dh_syn = (u A + C[y] + c) * inv_scale and delta = dh_syn * f'(z): u (B, Du), P (Du + K + 1, D),
     h (B, D) the block output -> (dh_syn, delta), both (B, D). labels_checked: see check_labels."""
-    _check_version("sg_predict", version)
-    B, Du = u.shape
+    check_version(VERSIONS, "sg_predict", version)
+    B, Du = check_matrix(kernels, "u", u)
     K = n_classes or 0
-    D = P.shape[1]
-    _check("u", u, (B, Du))
-    _check("P", P, (Du + K + 1, D))
-    _check("h", h, (B, D))
+    D = check_matrix(kernels, "P", P)[1]
+    check_array(kernels, "P", P, (Du + K + 1, D))
+    check_array(kernels, "h", h, (B, D))
     labels = _labels_arg(kernels, labels, B, K, labels_checked)
     dh_syn = kernels.xp.empty((B, D), dtype=np.float32)
     delta = kernels.xp.empty((B, D), dtype=np.float32)
@@ -179,13 +160,12 @@ def sg_predict(
 
 def layer_update(kernels, x, delta, P, has_bias, step, version=FASTEST["layer_update"]):
     """P <- P - opt([x, 1]^T delta) in place: x (B, Din), delta (B, Dout), P (Din [+1], Dout)."""
-    _check_version("layer_update", version)
-    B, Din = x.shape
-    Dout = delta.shape[1]
-    _check("x", x, (B, Din))
-    _check("delta", delta, (B, Dout))
-    _check("P", P, (Din + int(has_bias), Dout))
-    _check_step(step, P.shape)
+    check_version(VERSIONS, "layer_update", version)
+    B, Din = check_matrix(kernels, "x", x)
+    Dout = check_matrix(kernels, "delta", delta)[1]
+    check_array(kernels, "delta", delta, (B, Dout))
+    check_array(kernels, "P", P, (Din + int(has_bias), Dout))
+    _check_step(kernels, step, P.shape)
     grid, block = _gemm_geometry(version, P.shape[0], Dout)
     kernels.function("layer_update", f"layer_update_{step.kind}_v{version}")(
         grid, block, (x, delta, P, _i32(B), _i32(Din), _i32(Dout), _i32(has_bias), *step.args())
@@ -197,15 +177,14 @@ def sg_update(
 ):
     """One regression step of the SG map P (Du + K + 1, D) towards dh_target, in place. Returns the SG loss
     (1/B) sum ||dh_syn - dh_target||^2 as a one-element array (reading it is a device sync; callers batch that)."""
-    _check_version("sg_update", version)
-    B, Du = u.shape
+    check_version(VERSIONS, "sg_update", version)
+    B, Du = check_matrix(kernels, "u", u)
     K = n_classes or 0
-    D = P.shape[1]
-    _check("u", u, (B, Du))
-    _check("dh_syn", dh_syn, (B, D))
-    _check("dh_target", dh_target, (B, D))
-    _check("P", P, (Du + K + 1, D))
-    _check_step(step, P.shape)
+    D = check_matrix(kernels, "P", P)[1]
+    check_array(kernels, "dh_syn", dh_syn, (B, D))
+    check_array(kernels, "dh_target", dh_target, (B, D))
+    check_array(kernels, "P", P, (Du + K + 1, D))
+    _check_step(kernels, step, P.shape)
     labels = _labels_arg(kernels, labels, B, K, labels_checked)
     loss = kernels.xp.zeros(1, dtype=np.float32)
     coef = 2.0 * scale / B  # the mse gradient 2 (dh_syn - dh_target) / B, times the module's output scale
@@ -221,12 +200,13 @@ def sg_update(
 
 def optimizer_step(kernels, P, grad, step, version=FASTEST["optimizer_step"]):
     """P <- P - opt(grad) in place, elementwise: P, grad and the step's state are 1-D slices of equal length."""
-    _check_version("optimizer_step", version)
-    n = P.shape[0]
-    _check("P", P, (n,))
-    _check("grad", grad, (n,))
-    _check_step(step, (n,))
-    grid, block = (_ceil_div(n, _THREADS), 1, 1), (_THREADS, 1, 1)
+    check_version(VERSIONS, "optimizer_step", version)
+    check_type(kernels, "P", P)
+    n = P.size
+    check_array(kernels, "P", P, (n,))
+    check_array(kernels, "grad", grad, (n,))
+    _check_step(kernels, step, (n,))
+    grid, block = (ceil_div(n, _THREADS), 1, 1), (_THREADS, 1, 1)
     kernels.function("optim", f"{step.kind}_step_v{version}")(
         grid, block, (P, grad, *step.state, _i32(n)) + step.scalars
     )
