@@ -196,9 +196,14 @@ def main(argv=None):
             run("cupy", widths=widths, batch=args.batch, repeats=max(args.repeats, 20))
             return 0
         if args.command == "kernels":
+            from .cuda import nvrtc
             from .cuda.report import main as report
 
-            report()
+            try:
+                report()
+            except (nvrtc.NvrtcNotFound, nvrtc.NvrtcError, nvrtc.NvrtcCompileError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
             return 0
         if args.command == "bench":
             from .bench import BENCH_MODES, run

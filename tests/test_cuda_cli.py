@@ -110,3 +110,14 @@ def test_kernels_are_found_from_a_source_checkout(monkeypatch):
     assert (found / "tiles.cuh").is_file() and sorted(p.name for p in found.glob("*.cu")) == sorted(
         p.name for p in installed.glob("*.cu")
     )
+
+
+def test_kernels_report_without_nvrtc_says_how_to_get_it(capsys, monkeypatch):
+    from minidni.cuda import nvrtc
+
+    def missing():
+        raise nvrtc.NvrtcNotFound("NVRTC not found: pip install 'nvidia-cuda-nvrtc>=13,<14'")
+
+    monkeypatch.setattr(nvrtc, "version", missing)
+    rc, _, err = cli(capsys, "kernels", "report")
+    assert rc == 1 and "pip install" in err

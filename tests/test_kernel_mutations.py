@@ -105,3 +105,55 @@ def test_reference_comparison_catches_the_mutant(name):
     assert source != kernel_source(stem)  # the mutation applied
     assert matches(get_kernels("emulator"), version)  # the shipped kernel passes the same comparison
     assert not matches(_MutantKernels(stem, source), version)  # and the mutant fails it
+
+
+def _sanitizer_active():
+    from minidni.cuda import emulator
+
+    return emulator.sanitizer() == "address"
+
+
+OOB_SCRIPT = """
+import numpy as np
+from minidni.cuda import ops, reference
+from minidni.cuda.emulator import EmulatedModule
+from minidni.cuda.loader import include_options, kernel_dir, kernel_source
+
+# the tile loader's bounds check admits k == K: one element past the end of the last row of u
+header = (kernel_dir() / "tiles.cuh").read_text().replace(
+    "As[k][m] = (m0 + m < M && k0 + k < K)", "As[k][m] = (m0 + m < M && k0 + k <= K)")
+source = kernel_source("sg_predict").replace('#include "tiles.cuh"', header)
+
+
+class Mutant:
+    xp, target = np, "emulator"
+    module = EmulatedModule(code=source, options=include_options(), name="sg_predict_oob")
+
+    def function(self, stem, name):
+        return self.module.get_function(name)
+
+
+rng = np.random.default_rng(0)
+B, Du, D = 19, 70, 33
+u, h = rng.standard_normal((B, Du)).astype(np.float32), rng.random((B, D)).astype(np.float32)
+P = rng.standard_normal((Du + 1, D)).astype(np.float32)
+got, _ = ops.sg_predict(Mutant(), u, P, None, 0, h, 1, version=3)
+want, _ = reference.sg_predict(u, P, None, 0, h, 1)
+print("results equal:", np.allclose(got, want, rtol=1e-4, atol=1e-4))
+"""
+
+
+@pytest.mark.skipif(not _sanitizer_active(), reason="runs in CI's AddressSanitizer pass (MINIDNI_EMU_SANITIZE=address)")
+def test_sanitizer_catches_a_mutant_that_reads_out_of_bounds_but_computes_the_right_answer():
+    """Some bugs leave every result right: this mutant reads one float past the end of u and multiplies it by a
+    zero, so the reference comparison (usually) passes. Only the sanitizer sees it - which is why CI runs one."""
+    import subprocess
+    import sys
+
+    # in a subprocess: ASan ends the process it finds the error in
+    result = subprocess.run(
+        [sys.executable, "-c", OOB_SCRIPT], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "heap-buffer-overflow" in result.stderr
+    assert "results equal" not in result.stdout
