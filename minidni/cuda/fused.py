@@ -98,7 +98,7 @@ class FusedDNIStep:
         if net.sg_target != "bootstrap":
             raise ValueError("the fused kernels implement bootstrapped targets; sg_target='true' runs unfused")
         self.net, self.kernels = net, kernels
-        fastest = {op: versions[-1] for op, versions in {**ops.VERSIONS, **norm_ops.VERSIONS}.items()}
+        fastest = {op: available[-1] for op, available in {**ops.VERSIONS, **norm_ops.VERSIONS}.items()}
         unknown = set(versions or {}) - set(fastest)
         if unknown:
             raise ValueError(f"unknown kernels {sorted(unknown)}; expected some of {sorted(fastest)}")
@@ -138,7 +138,9 @@ class FusedDNIStep:
         ops.layer_update(self.kernels, h, dlogits, out.P, True, step, version=self.v["layer_update"])
         sg_loss[n - 1] = self._sg_update(n - 1, *pending[n - 1], labels, dh_target=dh_true)
 
-        loss = float(loss_rows.mean())  # the first host sync of the step
+        # read back at the end, so that the GPU is not stalled mid-step (the engine checks before the output
+        # block's update; a non-finite loss stops the run either way)
+        loss = float(loss_rows.mean())
         if not math.isfinite(loss):
             raise DivergenceError(f"the training loss is {loss}; the network diverged (lower the learning rate)")
         return {"loss": loss, "sg_loss": [float(s[0]) for s in sg_loss]}
