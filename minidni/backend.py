@@ -40,6 +40,16 @@ def _load_cupy():
     return cupy
 
 
+def gpu_available():
+    """True when the cupy backend can be used here (CuPy installed and a GPU it can reach); never raises.
+    For choosing what to run or skip - asking for the backend where this is False is still an error."""
+    try:
+        import cupy
+    except ImportError:
+        return False
+    return bool(cupy.is_available())  # False, without raising, when there is no driver or no device
+
+
 def set_backend(name):
     """Select the array backend, "numpy" or "cupy". Raises BackendError if it cannot be used."""
     if name not in BACKENDS:

@@ -137,3 +137,9 @@ def test_to_numpy_copies_device_arrays_to_host():
 def test_array_module_follows_numpy_inputs():
     set_backend("numpy")
     assert backend.array_module(np.zeros(3)) is np
+
+
+@pytest.mark.parametrize("installed, available", [(False, False), (True, False), (True, True)])
+def test_gpu_available_answers_without_raising(monkeypatch, installed, available):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(available) if installed else None)
+    assert backend.gpu_available() is (installed and available)

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from minidni.backend import gpu_available
 from minidni.cli import main
 from minidni.cuda.emulator import emulator_available, unavailable_reason
 from minidni.cuda.loader import get_kernels
@@ -14,14 +15,6 @@ pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: temporary
 needs_emulator = pytest.mark.skipif(not emulator_available(), reason=f"CPU emulator: {unavailable_reason()}")
 
 TINY = ["--data", "spirals", "--batch", "64", "--hidden", "16", "--val-size", "300", "--seed", "0", "--no-progress"]
-
-
-def _cupy_available():
-    try:
-        import cupy
-    except ImportError:
-        return False
-    return bool(cupy.is_available())
 
 
 def cli(capsys, *argv):
@@ -53,7 +46,7 @@ def test_fused_kernels_need_the_cupy_backend(tmp_path, capsys):
     assert "--kernels fused runs the CUDA kernels on a GPU: select --backend cupy" in err
 
 
-@pytest.mark.skipif(_cupy_available(), reason="this machine has a GPU")
+@pytest.mark.skipif(gpu_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize(
     "argv", [["train", *TINY, "--backend", "cupy", "--epochs", "1"], ["bench", "--backend", "cupy"]]
 )

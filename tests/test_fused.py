@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 
+from minidni.backend import gpu_available
 from minidni.cuda.emulator import emulator_available, unavailable_reason
 from minidni.cuda.loader import Kernels, get_kernels
 from minidni.dni import DivergenceError, build_network
@@ -109,15 +110,7 @@ def test_fused_step_reports_divergence_like_the_engine():
             net.train_step(x, y)
 
 
-def _cupy_available():
-    try:
-        import cupy
-    except ImportError:
-        return False
-    return bool(cupy.is_available())
-
-
-@pytest.mark.skipif(not _cupy_available(), reason="needs a GPU (cupy.is_available())")
+@pytest.mark.skipif(not gpu_available(), reason="needs a GPU (cupy.is_available())")
 def test_gpu_fused_step_equals_engine_step_and_trains(tmp_path):
     """On a real GPU: the fused step through CuPy equals the unfused CuPy step, and a short run learns."""
     import cupy

@@ -5,24 +5,16 @@ the 16 or 64 tile sizes - and, where a GPU exists, through CuPy."""
 import numpy as np
 import pytest
 
+from minidni.backend import gpu_available
 from minidni.cuda import ops, reference
 from minidni.cuda.emulator import emulator_available, unavailable_reason
 from minidni.cuda.loader import Kernels, get_kernels
 from minidni.optim import SGD, Adam
 
-
-def _cupy_available():
-    try:
-        import cupy
-    except ImportError:
-        return False
-    return bool(cupy.is_available())
-
-
 EMULATOR = pytest.param(
     "emulator", marks=pytest.mark.skipif(not emulator_available(), reason=f"CPU emulator: {unavailable_reason()}")
 )
-GPU = pytest.param("cupy", marks=pytest.mark.skipif(not _cupy_available(), reason="needs a GPU (cupy.is_available())"))
+GPU = pytest.param("cupy", marks=pytest.mark.skipif(not gpu_available(), reason="needs a GPU (cupy.is_available())"))
 
 # (B, D_in, D_out): one inside a single tile, ones that straddle 16- and 64-wide tiles
 SHAPES = [(3, 5, 7), (19, 70, 33), (67, 17, 66)]

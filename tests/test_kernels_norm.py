@@ -10,6 +10,7 @@ tolerances grow with the length of the reduction behind each output.
 import numpy as np
 import pytest
 
+from minidni.backend import gpu_available
 from minidni.cuda import norm_ops, reference
 from minidni.cuda.loader import get_kernels
 from minidni.gradcheck import assert_close
@@ -22,15 +23,7 @@ except ImportError as exc:  # the emulator module itself is absent or broken
     EMULATOR_MISSING = f"minidni.cuda.emulator cannot be imported: {exc}"
 
 
-def _cupy_available():
-    try:
-        import cupy
-    except ImportError:
-        return False
-    return bool(cupy.is_available())  # False, without raising, when there is no driver or no device
-
-
-CUPY_AVAILABLE = _cupy_available()
+CUPY_AVAILABLE = gpu_available()
 needs_emulator = pytest.mark.skipif(EMULATOR_MISSING is not None, reason=f"no CPU emulator: {EMULATOR_MISSING}")
 needs_gpu = pytest.mark.skipif(not CUPY_AVAILABLE, reason="needs CuPy and a CUDA GPU")
 
