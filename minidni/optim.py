@@ -104,9 +104,9 @@ class Adam(Optimizer):
         update element by element (minidni.cuda) call this once per step instead of `step`."""
         self.t += 1
         c = math.sqrt((1 - self.beta2) / (1 - self.beta2**self.t))
-        self._a = self.lr * (1 - self.beta1) / ((1 - self.beta1**self.t) * c)
-        self._eps_t = self.eps / c
-        return self._a, self._eps_t
+        self.a_t = self.lr * (1 - self.beta1) / ((1 - self.beta1**self.t) * c)
+        self.eps_t = self.eps / c
+        return self.a_t, self.eps_t
 
     def step(self, grads):
         self.begin_step()
@@ -122,9 +122,9 @@ class Adam(Optimizer):
         V *= self.beta2
         V += tmp
         xp.sqrt(V, out=tmp)  # p <- p - a_t M / (sqrt(V) + eps_t)
-        tmp += self._eps_t
+        tmp += self.eps_t
         xp.divide(M, tmp, out=tmp)
-        tmp *= self._a
+        tmp *= self.a_t
         p -= tmp
 
     def moments(self, name):

@@ -67,15 +67,17 @@ class SyntheticGradient:
     def kind(self):
         return ("c" if self.conditioned else "") + ("mlp" if self.hidden else "linear")
 
+    def module_input(self, h, labels=None):
+        """What the module's network reads: h (B, D), or [h, onehot(y)] (B, D + K) for a cDNI module."""
+        if not self.conditioned:
+            return h
+        if labels is None:
+            raise ValueError("a label-conditioned (cDNI) synthetic-gradient module needs the labels")
+        return xp().concatenate([h, one_hot(labels, self.n_classes, h.dtype)], axis=1)
+
     def predict(self, h, labels=None, train=True):
         """h: (B, D) -> dh_syn (B, D) and the cache that `update` needs."""
-        if self.conditioned:
-            if labels is None:
-                raise ValueError("a label-conditioned (cDNI) synthetic-gradient module needs the labels")
-            inp = xp().concatenate([h, one_hot(labels, self.n_classes, h.dtype)], axis=1)  # (B, D + K)
-        else:
-            inp = h
-        out, cache = self.net.forward(inp, train)  # (B, D) = scale * dh_syn
+        out, cache = self.net.forward(self.module_input(h, labels), train)  # (B, D) = scale * dh_syn
         if self.scale != 1.0:
             out *= 1 / self.scale
         return out, cache

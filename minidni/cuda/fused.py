@@ -174,11 +174,7 @@ class FusedDNIStep:
         """The input u of the SG output layer: h itself, or h through the MLP's hidden layers (engine ops)."""
         if not mod.hidden_layers:
             return h, None
-        u = h
-        if mod.sg.conditioned:
-            from ..synthetic import one_hot
-
-            u = self.kernels.xp.concatenate([h, one_hot(labels, mod.sg.n_classes, h.dtype)], axis=1)
+        u = mod.sg.module_input(h, labels)  # [h, onehot(y)] for cDNI: an MLP module reads labels in its first layer
         caches = []
         for layer in mod.hidden_layers:
             u, cache = layer.forward(u, train=True)

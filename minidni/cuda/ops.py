@@ -35,14 +35,6 @@ _TILES = {2: 16, 3: 64}
 _THREADS = 256
 
 
-def _i32(v):
-    return np.int32(v)
-
-
-def _f32(v):
-    return np.float32(v)
-
-
 def _gemm_geometry(version, M, N):
     """(grid, block) covering an M x N output: v1 one thread per element in 16 x 16 blocks, tiled versions one
     BM x BN tile per 256-thread block."""
@@ -102,10 +94,10 @@ def optimizer_step_of(opt, lo, hi, shape, name="params"):
     if isinstance(opt, Adam):
         if opt.t == 0:
             raise RuntimeError("call the optimiser's begin_step() before building its kernel arguments")
-        scalars = tuple(_f32(s) for s in (opt._a, opt._eps_t, opt.beta1, opt.beta2))
+        scalars = tuple(np.float32(s) for s in (opt.a_t, opt.eps_t, opt.beta1, opt.beta2))
         return OptimizerStep("adam", (view(opt.M[name]), view(opt.V[name])), scalars)
     if isinstance(opt, SGD):
-        return OptimizerStep("sgd", (view(opt.velocity[name]),), (_f32(opt.lr), _f32(opt.momentum)))
+        return OptimizerStep("sgd", (view(opt.velocity[name]),), (np.float32(opt.lr), np.float32(opt.momentum)))
     raise TypeError(f"no fused kernel for optimiser {type(opt).__name__}; expected SGD or Adam")
 
 
@@ -130,7 +122,7 @@ def linear_forward(kernels, x, P, act, has_bias=True, out=None, version=FASTEST[
     check_array(kernels, "out", h, (B, Dout))
     grid, block = _gemm_geometry(version, B, Dout)
     kernels.function("linear_forward", f"linear_forward_v{version}")(
-        grid, block, (x, P, h, _i32(B), _i32(Din), _i32(Dout), _i32(has_bias), _i32(act))
+        grid, block, (x, P, h, np.int32(B), np.int32(Din), np.int32(Dout), np.int32(has_bias), np.int32(act))
     )
     return h
 
@@ -153,7 +145,20 @@ def sg_predict(
     kernels.function("sg_predict", f"sg_predict_v{version}")(
         grid,
         block,
-        (u, P, labels, h, dh_syn, delta, _i32(B), _i32(Du), _i32(D), _i32(K), _i32(act), _f32(inv_scale)),
+        (
+            u,
+            P,
+            labels,
+            h,
+            dh_syn,
+            delta,
+            np.int32(B),
+            np.int32(Du),
+            np.int32(D),
+            np.int32(K),
+            np.int32(act),
+            np.float32(inv_scale),
+        ),
     )
     return dh_syn, delta
 
@@ -168,7 +173,7 @@ def layer_update(kernels, x, delta, P, has_bias, step, version=FASTEST["layer_up
     _check_step(kernels, step, P.shape)
     grid, block = _gemm_geometry(version, P.shape[0], Dout)
     kernels.function("layer_update", f"layer_update_{step.kind}_v{version}")(
-        grid, block, (x, delta, P, _i32(B), _i32(Din), _i32(Dout), _i32(has_bias), *step.args())
+        grid, block, (x, delta, P, np.int32(B), np.int32(Din), np.int32(Dout), np.int32(has_bias), *step.args())
     )
 
 
@@ -192,7 +197,20 @@ def sg_update(
     kernels.function("sg_update", f"sg_update_{step.kind}_v{version}")(
         grid,
         block,
-        (u, labels, dh_syn, dh_target, P, loss, _i32(B), _i32(Du), _i32(D), _i32(K), _f32(coef), _f32(1.0 / B))
+        (
+            u,
+            labels,
+            dh_syn,
+            dh_target,
+            P,
+            loss,
+            np.int32(B),
+            np.int32(Du),
+            np.int32(D),
+            np.int32(K),
+            np.float32(coef),
+            np.float32(1.0 / B),
+        )
         + step.args(),
     )
     return loss
@@ -208,5 +226,5 @@ def optimizer_step(kernels, P, grad, step, version=FASTEST["optimizer_step"]):
     _check_step(kernels, step, (n,))
     grid, block = (ceil_div(n, _THREADS), 1, 1), (_THREADS, 1, 1)
     kernels.function("optim", f"{step.kind}_step_v{version}")(
-        grid, block, (P, grad, *step.state, _i32(n)) + step.scalars
+        grid, block, (P, grad, *step.state, np.int32(n)) + step.scalars
     )
