@@ -251,36 +251,20 @@ template <class T>
 inline T __ldg(const T* p) {
     return *p;
 }
-inline float __int_as_float(int i) {
-    float f;
-    std::memcpy(&f, &i, 4);
-    return f;
+// Reinterpret the bits of one 4- or 8-byte value as another type (what the CUDA intrinsics below do in a register).
+template <class To, class From>
+inline To emu_bit_cast(From v) {
+    static_assert(sizeof(To) == sizeof(From), "bit casts keep the size");
+    To out;
+    std::memcpy(&out, &v, sizeof(To));
+    return out;
 }
-inline int __float_as_int(float f) {
-    int i;
-    std::memcpy(&i, &f, 4);
-    return i;
-}
-inline float __uint_as_float(unsigned int i) {
-    float f;
-    std::memcpy(&f, &i, 4);
-    return f;
-}
-inline unsigned int __float_as_uint(float f) {
-    unsigned int i;
-    std::memcpy(&i, &f, 4);
-    return i;
-}
-inline double __longlong_as_double(long long i) {
-    double d;
-    std::memcpy(&d, &i, 8);
-    return d;
-}
-inline long long __double_as_longlong(double d) {
-    long long i;
-    std::memcpy(&i, &d, 8);
-    return i;
-}
+inline float __int_as_float(int i) { return emu_bit_cast<float>(i); }
+inline int __float_as_int(float f) { return emu_bit_cast<int>(f); }
+inline float __uint_as_float(unsigned int i) { return emu_bit_cast<float>(i); }
+inline unsigned int __float_as_uint(float f) { return emu_bit_cast<unsigned int>(f); }
+inline double __longlong_as_double(long long i) { return emu_bit_cast<double>(i); }
+inline long long __double_as_longlong(double d) { return emu_bit_cast<long long>(d); }
 inline int __float2int_rn(float x) { return (int)nearbyintf(x); }
 inline int __float2int_rz(float x) { return (int)x; }
 inline float __int2float_rn(int x) { return (float)x; }
