@@ -4,10 +4,12 @@
     python -m minidni train --out runs/cdni --epochs 20 --resume       (same flags as the first run, more epochs)
     python -m minidni evaluate runs/cdni/checkpoint.npz
     python -m minidni bench
+    python -m minidni experiment table1 --budget short --out runs/table1   (the paper's Table 1, resumable)
     python -m minidni data mnist                                       (fetch and verify MNIST into the cache)
+    python -m minidni data fashion-mnist | cifar10 [--archive PATH]
 
 What this module deliberately is not: where anything is computed. Each command parses, validates, and calls
-minidni.train / minidni.bench / minidni.data.
+minidni.train / minidni.experiments / minidni.bench / minidni.data.
 """
 
 import argparse
@@ -46,9 +48,19 @@ def _positive_float(s):
 
 
 def _model(s):
-    if not (s.startswith("fcn") and s[3:].isdigit() and int(s[3:]) >= 2):
-        raise argparse.ArgumentTypeError(f"expected fcnN with N >= 2 (e.g. fcn3), got {s!r}")
+    if not (s[:3] in ("fcn", "cnn") and s[3:].isdigit() and int(s[3:]) >= 2):
+        raise argparse.ArgumentTypeError(f"expected fcnN or cnnN with N >= 2 (e.g. fcn3, cnn3), got {s!r}")
     return s
+
+
+def _probability(s):
+    try:
+        v = float(s)
+    except ValueError:
+        v = None
+    if v is None or not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {s!r}")
+    return v
 
 
 def _fractions(s):
@@ -68,16 +80,27 @@ def _fractions(s):
 def build_parser():
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m minidni", description="Synthetic gradients and DNI, from scratch.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,bench,kernels,data}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,experiment,evaluate,bench,kernels,data}")
 
     t = sub.add_parser("train", help="train a network and write metrics, plot and checkpoint to --out")
-    t.add_argument("--data", choices=("mnist", "spirals"), default=d.data)
-    t.add_argument("--model", type=_model, default=d.model, help="fcnN: N-1 hidden blocks + output (default fcn3)")
+    t.add_argument("--data", choices=("mnist", "fashion-mnist", "cifar10", "spirals"), default=d.data)
+    t.add_argument(
+        "--model",
+        type=_model,
+        default=d.model,
+        help="fcnN: N-1 hidden blocks + output (default fcn3); cnnN: N-1 conv blocks + output",
+    )
     t.add_argument("--mode", choices=("bprop", "nobprop", "dni", "cdni"), default=d.mode)
     t.add_argument(
-        "--sg", choices=("auto", "linear", "mlp"), default=d.sg, help="SG module (auto: dni mlp, cdni linear)"
+        "--sg",
+        choices=("auto", "linear", "mlp"),
+        default=d.sg,
+        help="SG module. fcn: auto = mlp for dni, linear for cdni (the paper's); cnn: auto/mlp = conv module with "
+        "--sg-layers hidden convs of --sg-channels, linear = one conv",
     )
-    t.add_argument("--sg-hidden", type=_positive_int, default=d.sg_hidden, help="hidden width of an mlp SG module")
+    t.add_argument(
+        "--sg-hidden", type=_positive_int, default=d.sg_hidden, help="hidden width of an mlp SG module (fcn)"
+    )
     t.add_argument("--sg-layers", type=_positive_int, default=d.sg_layers, help="hidden layers of an mlp SG module")
     t.add_argument(
         "--sg-target",
@@ -86,6 +109,21 @@ def build_parser():
         help="what SG modules regress on: bootstrapped (paper) or true gradients (comparison)",
     )
     t.add_argument("--hidden", type=_positive_int, default=d.hidden, help="units per hidden block")
+    t.add_argument("--channels", type=_positive_int, default=d.channels, help="cnnN: channels per conv block")
+    t.add_argument(
+        "--sg-channels", type=_positive_int, default=d.sg_channels, help="cnnN: hidden channels of a conv SG module"
+    )
+    t.add_argument(
+        "--p-update",
+        type=_probability,
+        default=d.p_update,
+        help="stochastic updates: each block updates after a forward pass with this probability (default 1)",
+    )
+    t.add_argument("--unlock", action="store_true", help="complete unlock: synthetic inputs too (dni/cdni, fcn models)")
+    t.add_argument("--input-hidden", type=_positive_int, default=d.input_hidden, help="--unlock: hidden width of I(x)")
+    t.add_argument(
+        "--input-lr", type=_positive_float, default=None, help="--unlock: learning rate of I(x) (default --lr)"
+    )
     t.add_argument("--no-batchnorm", dest="batchnorm", action="store_false", help="drop batch norm from the blocks")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
     t.add_argument(
@@ -146,6 +184,27 @@ def build_parser():
         "emulator (slow)",
     )
 
+    x = sub.add_parser(
+        "experiment",
+        help="run one of the paper's experiments (table1, stochastic, unlock) and write its table and figure",
+    )
+    x.add_argument("name", choices=("table1", "stochastic", "unlock"))
+    x.add_argument(
+        "--budget",
+        choices=("smoke", "short", "paper"),
+        default="short",
+        help="smoke: seconds; short: ~2 hours on 2 cores; paper: the paper's 500k-iteration schedule",
+    )
+    x.add_argument("--out", required=True, help="output directory (an interrupted experiment continues from it)")
+    x.add_argument("--data", choices=("mnist", "fashion-mnist", "cifar10"), default="mnist")
+    x.add_argument("--models", default=None, help="table1 only: comma-separated subset of fcn3..fcn6,cnn3,cnn4")
+    x.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="runs trained at once, each in its own process with one BLAS thread (e.g. 2 on a 2-core CPU)",
+    )
+
     e = sub.add_parser("evaluate", help="report a checkpoint's test error")
     e.add_argument("checkpoint", help="path to a checkpoint.npz written by train")
     e.add_argument("--data-dir", default=None)
@@ -168,8 +227,14 @@ def build_parser():
     k.add_argument("what", choices=("report",))
 
     g = sub.add_parser("data", help="fetch and verify a data set into the cache")
-    g.add_argument("name", choices=("mnist",))
+    g.add_argument("name", choices=("mnist", "fashion-mnist", "cifar10"))
     g.add_argument("--data-dir", default=None)
+    g.add_argument(
+        "--archive",
+        default=None,
+        metavar="PATH",
+        help="cifar10: an already-downloaded cifar-10-python.tar.gz to verify and copy into the cache",
+    )
     return parser
 
 
@@ -178,11 +243,25 @@ def main(argv=None):
     args = parser.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  (results go to stdout, chatter to stderr)
     from .checkpoint import CheckpointError
+    from .data import DataError
     from .dni import DivergenceError
 
     try:
         if args.command == "train":
             return _train(args, log)
+        if args.command == "experiment":
+            from .experiments import TABLE1_MODELS, run_experiment
+
+            models = None
+            if args.models is not None:
+                models = [m.strip() for m in args.models.split(",") if m.strip()]
+                bad = [m for m in models if m not in TABLE1_MODELS]
+                if bad or not models:
+                    parser.error(f"--models: unknown {bad}; choose from {','.join(TABLE1_MODELS)}")
+            run_experiment(
+                args.name, args.budget, args.out, data_name=args.data, log=log, models=models, jobs=args.jobs
+            )
+            return 0
         if args.command == "evaluate":
             from .train import evaluate
 
@@ -215,11 +294,18 @@ def main(argv=None):
             run(modes, batch=args.batch, steps=args.steps, repeats=args.repeats)
             return 0
         if args.command == "data":
-            from .data import fetch_mnist
+            from . import data
 
-            fetch_mnist(cache_dir=args.data_dir, log=log)
+            if args.archive is not None and args.name != "cifar10":
+                parser.error(f"--archive is for cifar10; {args.name} is fetched from its mirrors or offline source")
+            if args.name == "cifar10":
+                data.fetch_cifar10(cache_dir=args.data_dir, archive=args.archive, log=log)
+            elif args.name == "fashion-mnist":
+                data.fetch_fashion_mnist(cache_dir=args.data_dir, log=log)
+            else:
+                data.fetch_mnist(cache_dir=args.data_dir, log=log)
             return 0
-    except (BackendError, CheckpointError, DivergenceError, FileExistsError, ValueError) as e:
+    except (BackendError, CheckpointError, DataError, DivergenceError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -22,6 +22,10 @@ One DNI training step on a batch, in the order a decoupled system could run it (
 The paper counts blocks from 1; the code (lists, metrics, error messages) counts them from 0, so "block 0" is
 f_1 and its module "sg0" is M_2.
 
+Two variants of this step, from the paper's later experiments, live in their own modules and are chosen by the
+Network: minidni.stochastic (each block updates only with probability p_update) and minidni.unlock (synthetic
+inputs as well, so that no block waits for any other). Blocks may hold convolutions: h is then (B, C, H, W).
+
 What this module deliberately is not: parallel. The order above is the logical order of the work; the
 point of DNI is that block i's update depends only on M_{i+1} and not on the blocks above, and that is what the
 tests check. Running blocks in separate workers is a later layer built on these same steps.
@@ -33,8 +37,10 @@ import numpy as np
 
 from . import functional as F
 from .backend import DEFAULT_DTYPE, to_numpy, xp
-from .layers import BatchNorm1d, Linear, ReLU, Sequential
+from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from .optim import make_optimizer
+from . import stochastic
+from . import unlock as unlock_module
 from .synthetic import make_synthetic_gradient
 
 MODES = ("bprop", "nobprop", "dni", "cdni")
@@ -58,7 +64,7 @@ class DecoupledBlock:
     # -- the block's explicit steps -------------------------------------------------------------------------
 
     def forward(self, x, train=True):
-        """x: (B, D_in) -> h: (B, D_out) and the block's cache."""
+        """x: (B, D_in) -> h: (B, D_out) and the block's cache; for a conv block (B, C_in, H, W) -> (B, C, H', W')."""
         return self.layers.forward(x, train)
 
     def synthetic_gradient(self, h, labels=None):
@@ -74,7 +80,7 @@ class DecoupledBlock:
         return dh_syn, sg_cache, norm
 
     def backward(self, dh, cache, need_dx=True):
-        """Pass a gradient dh: (B, D_out) down through the block: returns dx (B, D_in), fills the block's grads."""
+        """Pass a gradient dh (h's shape) down through the block: returns dx (x's shape), fills the block's grads."""
         return self.layers.backward(dh, cache, need_dx=need_dx)
 
     def update(self):
@@ -117,13 +123,60 @@ def fcn_blocks(depth, d_in=784, hidden=256, n_classes=10, batchnorm=True, rng=No
     return stacks
 
 
+def cnn_blocks(
+    depth,
+    in_shape=(1, 28, 28),
+    channels=32,
+    n_classes=10,
+    kernel=5,
+    pool=(3, 2, 1),
+    batchnorm=True,
+    rng=None,
+    dtype=DEFAULT_DTYPE,
+):
+    """The paper's CNN as layer stacks: depth-1 hidden blocks Conv -> BN -> ReLU -> MaxPool, and a Linear output.
+
+    Each hidden block is a kernel x kernel convolution (5x5 in the paper) with "same" padding and `channels` output
+    channels (no bias with batch norm: BN's beta is the bias), batch norm over channels, ReLU, and max pooling
+    with pool = (kernel, stride, padding); the output block flattens the last maps into a Linear layer.
+    "CNN 3" (depth=3) on MNIST is 2 conv blocks and the linear layer: (1, 28, 28) -> (32, 14, 14) -> (32, 7, 7)
+    -> 10. Inputs are NCHW batches (B, *in_shape).
+    """
+    if depth < 2:
+        raise ValueError(f"a CNN needs depth >= 2 (one conv block and the output layer), got {depth}")
+    if len(in_shape) != 3:
+        raise ValueError(f"in_shape must be (C, H, W), got {in_shape!r}")
+    if len(pool) != 3:
+        raise ValueError(f"pool must be (kernel, stride, padding), got {pool!r}")
+    rng = np.random.default_rng(0) if rng is None else rng
+    pool_kernel, pool_stride, pool_padding = pool
+    (c, h, w), stacks = in_shape, []
+    for i in range(depth - 1):
+        layers = [Conv2d(c, channels, kernel, padding="same", bias=not batchnorm, rng=rng, dtype=dtype)]
+        if batchnorm:
+            layers.append(BatchNorm2d(channels, dtype=dtype))
+        layers += [ReLU(), MaxPool2d(pool_kernel, pool_stride, pool_padding)]
+        stacks.append(Sequential(*layers))
+        c = channels
+        h = F.output_size(h, pool_kernel, pool_stride, pool_padding)  # the maps' size after the pooling
+        w = F.output_size(w, pool_kernel, pool_stride, pool_padding)
+        if h < 1 or w < 1:
+            raise ValueError(f"an input of shape {tuple(in_shape)} is pooled away by block {i}; use a smaller depth")
+    stacks.append(Sequential(Flatten(), Linear(c * h * w, n_classes, init="xavier", rng=rng, dtype=dtype)))
+    return stacks
+
+
 class Network:
     """A classifier of decoupled blocks trained in one of MODES.
 
     blocks[:-1] are hidden blocks (each with an SG module under dni/cdni), blocks[-1] is the output block.
     """
 
-    def __init__(self, stacks, mode="cdni", sgs=None, sg_target="bootstrap", max_norm=1e3, clip=None):
+    def __init__(
+        self, stacks, mode="cdni", sgs=None, sg_target="bootstrap", max_norm=1e3, clip=None, gate=None, inputs=None
+    ):
+        """gate: a minidni.stochastic.UpdateGate (blocks update with probability p_update, in random order);
+        inputs: one minidni.unlock.SyntheticInput per block after the first (complete unlock, dni/cdni only)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         if sg_target not in SG_TARGETS:
@@ -133,7 +186,20 @@ class Network:
             raise ValueError(f"mode {mode!r} needs one synthetic-gradient module per hidden block ({len(stacks) - 1})")
         if not decoupled and sgs:
             raise ValueError(f"mode {mode!r} trains no synthetic-gradient modules; pass sgs=None")
+        if inputs is not None:
+            if not decoupled:
+                raise ValueError(
+                    f"complete unlock needs synthetic gradients too: mode must be dni or cdni, got {mode!r}"
+                )
+            if len(inputs) != len(stacks) - 1:
+                raise ValueError(f"complete unlock needs one synthetic-input model per block after the first "
+                                 f"({len(stacks) - 1}), got {len(inputs)}")  # fmt: skip
+            if gate is not None:
+                raise ValueError("stochastic updates and complete unlock are separate experiments; pass one of them")
+        if (gate is not None or inputs is not None) and sg_target != "bootstrap":
+            raise ValueError("stochastic updates and complete unlock bootstrap the SG targets: sg_target='bootstrap'")
         self.mode, self.sg_target = mode, sg_target
+        self.gate, self.inputs = gate, inputs
         sgs = sgs if decoupled else [None] * (len(stacks) - 1)
         self.blocks = [
             DecoupledBlock(stack, sg, index=i, max_norm=max_norm, clip=clip)
@@ -148,6 +214,8 @@ class Network:
         if kernels is None:
             self.fused_step = None
             return
+        if self.gate is not None or self.inputs is not None:
+            raise ValueError("stochastic updates and complete unlock have no fused form; use the engine's own step")
         from .cuda.fused import FusedDNIStep
 
         self.fused_step = FusedDNIStep(self, kernels, versions)
@@ -163,10 +231,17 @@ class Network:
     # -- training steps ---------------------------------------------------------------------------------------
 
     def train_step(self, x, labels):
-        """One step on a batch x: (B, D_in), labels: (B,). Returns {"loss": float, "sg_loss": [float per block]}."""
+        """One step on a batch x: (B, D_in) rows or (B, C, H, W) images, labels: (B,).
+
+        Returns {"loss": float, "sg_loss": [float per block]}; under stochastic updates also "updated" (the blocks
+        that updated; sg_loss None for modules that got no target), under complete unlock "input_loss"."""
         self._check_batch(x, labels)
         if self.fused_step is not None:
             return self.fused_step(x, labels)
+        if self.inputs is not None:
+            return unlock_module.unlocked_step(self, x, labels)
+        if self.gate is not None:
+            return stochastic.gated_step(self, x, labels)
         if self.mode == "bprop":
             return self._bprop_step(x, labels, train_hidden=True)
         if self.mode == "nobprop":
@@ -179,8 +254,10 @@ class Network:
         """Clear errors for the mistakes numpy would report obscurely (or not at all)."""
         first = self.blocks[0].layers.layers[0]
         W = first.params["W"]
-        if x.ndim != 2 or x.shape[1] != W.shape[0]:
+        if W.ndim == 2 and (x.ndim != 2 or x.shape[1] != W.shape[0]):  # a Linear: W (D_in, D_out)
             raise ValueError(f"x must be (B, {W.shape[0]}), got shape {tuple(x.shape)}")
+        if W.ndim == 4 and (x.ndim != 4 or x.shape[1] != W.shape[1]):  # a Conv2d: W (C_out, C_in, KH, KW)
+            raise ValueError(f"x must be images (B, {W.shape[1]}, H, W), got shape {tuple(x.shape)}")
         if x.dtype != W.dtype:
             raise TypeError(f"x must be {W.dtype} like the network's parameters, got {x.dtype}")
         if labels.shape != (x.shape[0],) or labels.dtype.kind not in "iu":
@@ -306,6 +383,8 @@ class Network:
             yield f"block{i}.", block.layers
             if block.sg is not None:
                 yield f"sg{i}.", block.sg
+        for i, model in enumerate(self.inputs or []):
+            yield f"input{i + 1}.", model  # I_{i+1}: the synthetic input of block i + 1
 
     def state_arrays(self):
         """Every array of the network's state by name (parameters, statistics, optimiser moments)."""
@@ -340,24 +419,65 @@ def build_network(
     clip=None,
     seed=0,
     dtype=DEFAULT_DTYPE,
+    arch="fcn",
+    in_shape=None,
+    channels=32,
+    sg_channels=32,
+    p_update=1.0,
+    unlock=False,
+    input_hidden=1024,
+    input_lr=None,
 ):
-    """An FCN of `depth` layers trained in `mode`, with optimisers attached.
+    """A classifier of `depth` layers trained in `mode`, with optimisers attached.
 
-    sg="auto" picks the paper's modules: an MLP (2 x 1024) for dni, a linear map for cdni.
+    arch="fcn": the paper's FCN on flat inputs of d_in features (fcn_blocks). sg="auto" picks the paper's
+    modules: an MLP (2 x sg_hidden) for dni, a linear map for cdni.
+    arch="cnn": the paper's CNN on images of in_shape = (C, H, W) (cnn_blocks, `channels` per conv). Its SG
+    modules are convolutional: sg="auto" or "mlp" gives sg_layers hidden 5x5 convs of sg_channels (the paper's:
+    2), "linear" a single zero-initialised conv; cdni adds the label as one-hot channel maps.
+    p_update < 1: stochastic updates (minidni.stochastic): each block updates after a forward pass with
+    probability p_update. unlock=True: complete unlock (minidni.unlock): a synthetic-input MLP (one hidden layer
+    of input_hidden units, learning rate input_lr, default lr) for every block after the first.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if arch not in ("fcn", "cnn"):
+        raise ValueError(f"unknown arch {arch!r}; expected 'fcn' or 'cnn'")
+    if sg not in ("auto", "linear", "mlp"):
+        raise ValueError(f"unknown sg {sg!r}; expected 'auto', 'linear' or 'mlp'")
+    stochastic.check_p_update(p_update)
     rng = np.random.default_rng(seed)
-    stacks = fcn_blocks(depth, d_in, hidden, n_classes, batchnorm, rng, dtype)
+    if arch == "fcn":
+        stacks = fcn_blocks(depth, d_in, hidden, n_classes, batchnorm, rng, dtype)
+    else:
+        if in_shape is None or len(in_shape) != 3:
+            raise ValueError(f"a CNN needs in_shape = (channels, height, width), got {in_shape!r}")
+        stacks = cnn_blocks(depth, tuple(in_shape), channels, n_classes, batchnorm=batchnorm, rng=rng, dtype=dtype)
     sgs = None
     if mode in ("dni", "cdni"):
-        kind = ("mlp" if mode == "dni" else "linear") if sg == "auto" else sg
         ctx = n_classes if mode == "cdni" else None
-        sgs = [
-            make_synthetic_gradient(kind, hidden, ctx, sg_hidden, sg_layers, sg_scale, rng, dtype) for _ in stacks[:-1]
-        ]
+        if arch == "fcn":
+            kind = ("mlp" if mode == "dni" else "linear") if sg == "auto" else sg
+            sgs = [
+                make_synthetic_gradient(kind, hidden, ctx, sg_hidden, sg_layers, sg_scale, rng, dtype)
+                for _ in stacks[:-1]
+            ]
+        else:
+            n_hidden = 0 if sg == "linear" else sg_layers
+            sgs = [
+                make_synthetic_gradient("conv", channels, ctx, sg_channels, n_hidden, sg_scale, rng, dtype)
+                for _ in stacks[:-1]
+            ]
         for m in sgs:
             m.set_optimizer(lambda p: make_optimizer(sg_optimizer or optimizer, p, sg_lr, momentum))
     for stack in stacks:
         stack.set_optimizer(lambda p: make_optimizer(optimizer, p, lr, momentum))
-    return Network(stacks, mode, sgs, sg_target, max_norm=max_norm, clip=clip)
+    inputs = None
+    if unlock:
+        if arch != "fcn":
+            raise ValueError("complete unlock (synthetic inputs) is implemented for FCNs only (arch='fcn')")
+        inputs = unlock_module.make_synthetic_inputs(d_in, [hidden] * (depth - 1), (input_hidden,), rng, dtype)
+        for m in inputs:
+            m.set_optimizer(lambda p: make_optimizer(optimizer, p, input_lr or lr, momentum))
+    gate = stochastic.UpdateGate(p_update, seed) if p_update < 1 else None
+    return Network(stacks, mode, sgs, sg_target, max_norm=max_norm, clip=clip, gate=gate, inputs=inputs)

@@ -143,13 +143,16 @@ class BatchNorm1d(Layer):
             raise ValueError("BatchNorm1d in training mode needs a batch of at least 2 rows")
         y, cache = F.batchnorm_forward_train(x, gamma, beta, self.eps)
         _, _, _, mean, var = cache
-        B = x.shape[0]
-        # exponential moving averages; the running variance is the unbiased estimate, as is customary
+        self._track(mean, var, x.shape[0])
+        return y, cache
+
+    def _track(self, mean, var, n):
+        """Fold the batch statistics (n values per unit) into the running estimates: exponential moving averages;
+        the running variance is the unbiased estimate n/(n-1) var, as is customary."""
         self.buffers["running_mean"] *= 1 - self.momentum
         self.buffers["running_mean"] += self.momentum * mean
         self.buffers["running_var"] *= 1 - self.momentum
-        self.buffers["running_var"] += (self.momentum * B / (B - 1)) * var
-        return y, cache
+        self.buffers["running_var"] += (self.momentum * n / (n - 1)) * var
 
     def backward(self, dy, cache, need_dx=True):
         if cache is None:
@@ -159,6 +162,127 @@ class BatchNorm1d(Layer):
 
     def __repr__(self):
         return f"BatchNorm1d({self.d})"
+
+
+class BatchNorm2d(BatchNorm1d):
+    """Batch normalisation of (B, C, H, W) feature maps: one gamma, beta, mean and variance per channel, the
+    statistics taken over the channel's B*H*W values. Running statistics as in BatchNorm1d; buffers are (C,)."""
+
+    def __init__(self, c, momentum=0.1, eps=1e-5, dtype=DEFAULT_DTYPE):
+        super().__init__(c, momentum, eps, dtype)  # self.d is the channel count C
+
+    def forward(self, x, train=True):
+        if x.ndim != 4 or x.shape[1] != self.d:
+            raise ValueError(f"BatchNorm2d({self.d}) expects x of shape (B, {self.d}, H, W), got {tuple(x.shape)}")
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        if not train:
+            y = F.batchnorm2d_forward_eval(
+                x, gamma, beta, self.buffers["running_mean"], self.buffers["running_var"], self.eps
+            )
+            return y, None
+        n = x.shape[0] * x.shape[2] * x.shape[3]  # values per channel
+        if n < 2:
+            raise ValueError("BatchNorm2d in training mode needs at least 2 values per channel (B*H*W >= 2)")
+        y, cache = F.batchnorm2d_forward_train(x, gamma, beta, self.eps)
+        _, _, _, mean, var = cache
+        self._track(mean, var, n)
+        return y, cache
+
+    def backward(self, dy, cache, need_dx=True):
+        if cache is None:
+            raise RuntimeError("BatchNorm2d.backward needs a cache from forward(train=True)")
+        dx, _, _ = F.batchnorm2d_backward(dy, cache, dgamma=self.grads["gamma"], dbeta=self.grads["beta"])
+        return dx
+
+    def __repr__(self):
+        return f"BatchNorm2d({self.d})"
+
+
+class Conv2d(Layer):
+    """out = conv(x, W) + b on NCHW maps: W (C_out, C_in, KH, KW), b (C_out,). See functional.conv2d_forward."""
+
+    def __init__(
+        self, c_in, c_out, kernel, stride=1, padding="same", bias=True, init="he", rng=None, dtype=DEFAULT_DTYPE
+    ):
+        """kernel, stride: an int or a (height, width) pair. padding: an int, a pair, or "same" ((K - 1) // 2 on
+        each side: the output keeps the input's height and width; needs an odd kernel and stride 1).
+        bias=False right before batch norm, as for Linear."""
+        super().__init__()
+        if c_in <= 0 or c_out <= 0:
+            raise ValueError(f"Conv2d needs positive channel counts, got c_in={c_in}, c_out={c_out}")
+        self.c_in, self.c_out = c_in, c_out
+        self.kernel, self.stride = F.as_pair(kernel, "kernel"), F.as_pair(stride, "stride")
+        (KH, KW), (sh, sw) = self.kernel, self.stride
+        if KH < 1 or KW < 1 or sh < 1 or sw < 1:
+            raise ValueError(f"Conv2d needs a positive kernel and stride, got kernel={kernel}, stride={stride}")
+        if padding == "same":
+            if KH % 2 == 0 or KW % 2 == 0 or self.stride != (1, 1):
+                raise ValueError(
+                    f"padding='same' needs an odd kernel and stride 1, got kernel={self.kernel}, stride={self.stride}"
+                )
+            self.padding = ((KH - 1) // 2, (KW - 1) // 2)
+        else:
+            self.padding = F.as_pair(padding, "padding")
+        rng = np.random.default_rng(0) if rng is None else rng
+        fan_in = c_in * KH * KW  # inputs that reach one output number
+        shape = (c_out, c_in, KH, KW)
+        if init == "he":
+            W = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+        elif init == "xavier":
+            W = rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)
+        elif init == "zeros":  # the output layer of every convolutional synthetic-gradient module
+            W = np.zeros(shape)
+        else:
+            raise ValueError(f"unknown init {init!r}; expected 'he', 'xavier' or 'zeros'")
+        backend = xp()
+        self.params = {"W": backend.asarray(W, dtype=dtype)}
+        if bias:
+            self.params["b"] = backend.zeros(c_out, dtype=dtype)
+        self.grads = {k: backend.zeros_like(v) for k, v in self.params.items()}
+
+    def forward(self, x, train=True):
+        return F.conv2d_forward(x, self.params["W"], self.params.get("b"), self.stride, self.padding)
+
+    def backward(self, dy, cache, need_dx=True):
+        has_b = "b" in self.params
+        dx, _, _ = F.conv2d_backward(dy, cache, self.grads["W"], self.grads.get("b"), need_dx=need_dx, need_db=has_b)
+        return dx
+
+    def __repr__(self):
+        extra = "" if "b" in self.params else ", bias=False"
+        return (
+            f"Conv2d({self.c_in}, {self.c_out}, kernel={self.kernel}, stride={self.stride}, "
+            f"padding={self.padding}{extra})"
+        )
+
+
+class MaxPool2d(Layer):
+    """The maximum of each kernel window, per channel; stride defaults to the kernel, padding is -inf."""
+
+    def __init__(self, kernel, stride=None, padding=0):
+        super().__init__()
+        self.kernel = F.as_pair(kernel, "kernel")
+        self.stride = self.kernel if stride is None else F.as_pair(stride, "stride")
+        self.padding = F.as_pair(padding, "padding")
+
+    def forward(self, x, train=True):
+        return F.maxpool2d_forward(x, self.kernel, self.stride, self.padding)
+
+    def backward(self, dy, cache, need_dx=True):
+        return F.maxpool2d_backward(dy, cache)
+
+    def __repr__(self):
+        return f"MaxPool2d(kernel={self.kernel}, stride={self.stride}, padding={self.padding})"
+
+
+class Flatten(Layer):
+    """(B, C, H, W) -> (B, C*H*W), in C-order, so that a Linear layer can follow; the cache is the input shape."""
+
+    def forward(self, x, train=True):
+        return x.reshape(x.shape[0], -1), x.shape
+
+    def backward(self, dy, cache, need_dx=True):
+        return dy.reshape(cache)
 
 
 class Sequential(Layer):

@@ -9,7 +9,7 @@ import io
 from .checkpoint import atomic_write
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,13 +18,17 @@ def _pyplot():
     return plt
 
 
+def _nan(value):
+    return float("nan") if value is None else value
+
+
 def plot_learning_curves(metrics, path, title=None, paper_error=None):
     """Training loss, validation/test error and (if present) SG losses and gradient alignment per epoch.
 
     metrics: list of per-epoch dicts; paper_error: optional {label: test error %} drawn as labelled reference
     lines (e.g. {"paper (Jaderberg et al.), cDNI FCN3": 2.2}).
     """
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [m["epoch"] for m in metrics]
     has_sg = any(m.get("sg_loss") for m in metrics)
     has_align = any(m.get("sg_cosine") for m in metrics)
@@ -50,9 +54,13 @@ def plot_learning_curves(metrics, path, title=None, paper_error=None):
         ax = axes[col]
         col += 1
         n = len(metrics[-1]["sg_loss"])
-        for i in range(n):
-            ax.plot(epochs, [m["sg_loss"][i] for m in metrics], marker=".", label=f"M after block {i}")
-        ax.set(xlabel="epoch", ylabel="SG loss (epoch mean)", yscale="log", title="synthetic-gradient loss")
+        for i in range(n):  # None (no target in that epoch, under stochastic updates) is drawn as a gap
+            ax.plot(epochs, [_nan(m["sg_loss"][i]) for m in metrics], marker=".", label=f"M after block {i}")
+        if any(m.get("input_loss") for m in metrics):  # complete unlock: the synthetic-input models too
+            for i in range(len(metrics[-1]["input_loss"])):
+                values = [_nan(m["input_loss"][i]) for m in metrics]
+                ax.plot(epochs, values, ls="--", marker=".", label=f"I of block {i + 1}")
+        ax.set(xlabel="epoch", ylabel="regression loss (epoch mean)", yscale="log", title="synthetic-gradient loss")
         ax.legend(fontsize=8)
     if has_align:
         ax = axes[col]
@@ -66,8 +74,13 @@ def plot_learning_curves(metrics, path, title=None, paper_error=None):
 
     if title:
         fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    """Write a matplotlib figure to `path` as PNG, atomically, and close it."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write(path, buf.getvalue())

@@ -12,8 +12,9 @@ The output directory holds
 Every file is written atomically. `train(cfg, resume=True)` continues from the checkpoint and produces the same
 metrics, bit for bit, as a run that was never interrupted (except the wall-clock `seconds`).
 
-What this module deliberately is not: a general experiment framework. It trains the FCN classifiers of
-minidni.dni on the data sets of minidni.data.
+What this module deliberately is not: a general experiment framework. It trains the FCN and CNN classifiers of
+minidni.dni (with stochastic updates or complete unlock if asked) on the data sets of minidni.data; the paper's
+experiments, as batches of such runs, are minidni.experiments.
 """
 
 import dataclasses
@@ -32,6 +33,7 @@ from .backend import backend_name, xp
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, restore_arrays, save_checkpoint
 from .dni import MODES, SG_TARGETS, build_network
 from .optim import StepSchedule
+from .stochastic import check_p_update
 from .plots import plot_learning_curves
 
 CHECKPOINT = "checkpoint.npz"
@@ -42,20 +44,27 @@ CURVES = "curves.png"
 # configuration fields that may change when a run is resumed; everything else must match the checkpoint
 RESUMABLE_CHANGES = ("epochs", "out", "progress", "data_dir", "kernels")
 KERNELS = ("auto", "fused", "unfused", "emulator")
-N_CLASSES = {"mnist": 10, "spirals": 3}
-DEFAULT_VAL_SIZE = {"mnist": 5000, "spirals": 300}
+N_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "spirals": 3}
+DEFAULT_VAL_SIZE = {"mnist": 5000, "fashion-mnist": 5000, "cifar10": 5000, "spirals": 300}
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    data: str = "mnist"  # "mnist" or "spirals"
-    model: str = "fcn3"  # "fcnN": N-1 hidden blocks (Linear -> BN -> ReLU) + a linear output layer
+    data: str = "mnist"  # mnist | fashion-mnist | cifar10 (needs its archive) | spirals (2-D points, FCNs only)
+    model: str = "fcn3"  # "fcnN": N-1 hidden blocks (Linear -> BN -> ReLU) + a linear output layer;
+    #                      "cnnN": N-1 conv blocks (5x5 conv -> BN -> ReLU -> max pool) + a linear output layer
     mode: str = "cdni"  # bprop | nobprop | dni | cdni
     sg: str = "auto"  # synthetic-gradient module: auto (dni: mlp, cdni: linear, as in the paper) | linear | mlp
     sg_hidden: int = 1024  # width of the hidden layers of an mlp SG module (paper: 1024)
     sg_layers: int = 2  # number of hidden layers of an mlp SG module (paper: 2)
     sg_target: str = "bootstrap"  # bootstrap (the paper) | true (SG modules regress on true gradients)
     hidden: int = 256  # units per hidden block (paper: 256)
+    channels: int = 32  # cnnN: channels of every conv block
+    sg_channels: int = 32  # cnnN: channels of the hidden convs of a convolutional SG module
+    p_update: float = 1.0  # < 1: stochastic updates, each block updates after a forward pass with this probability
+    unlock: bool = False  # complete unlock: synthetic inputs I_i(x) for every block after the first (dni/cdni, fcn)
+    input_hidden: int = 1024  # width of the hidden layer of a synthetic-input model
+    input_lr: float = None  # learning rate of the synthetic-input models (None: lr)
     batchnorm: bool = True
     optimizer: str = "adam"  # adam | sgd (with momentum)
     sg_optimizer: str = None  # the SG modules' optimiser, adam | sgd (None: the same as `optimizer`)
@@ -82,9 +91,20 @@ class TrainConfig:
 
     def validate(self):
         """Raise ValueError naming the first bad field and what was expected."""
-        if self.data not in ("mnist", "spirals"):
-            raise ValueError(f"data must be 'mnist' or 'spirals', got {self.data!r}")
-        depth(self.model)
+        if self.data not in N_CLASSES:
+            raise ValueError(f"data must be one of {tuple(N_CLASSES)}, got {self.data!r}")
+        arch, _ = parse_model(self.model)
+        if arch == "cnn" and self.data == "spirals":
+            raise ValueError("a CNN needs image data (mnist, fashion-mnist or cifar10); spirals are 2-D points")
+        check_p_update(self.p_update)
+        if self.unlock and (self.mode not in ("dni", "cdni") or arch != "fcn"):
+            raise ValueError(
+                f"unlock (complete unlock) needs mode dni or cdni and an fcn model, got {self.mode} {self.model}"
+            )
+        if self.unlock and self.p_update < 1:
+            raise ValueError("unlock and p_update < 1 are separate experiments; choose one")
+        if (self.unlock or self.p_update < 1) and self.sg_target != "bootstrap":
+            raise ValueError("unlock and p_update < 1 bootstrap the SG targets: sg_target must be 'bootstrap'")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.sg not in ("auto", "linear", "mlp"):
@@ -96,11 +116,13 @@ class TrainConfig:
                 name == "sg_optimizer" and self.sg_optimizer is None
             ):
                 raise ValueError(f"{name} must be 'adam' or 'sgd', got {getattr(self, name)!r}")
-        for name in ("sg_hidden", "sg_layers", "hidden", "epochs"):
+        for name in ("sg_hidden", "sg_layers", "hidden", "epochs", "channels", "sg_channels", "input_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch < 2:
             raise ValueError(f"batch must be >= 2 (batch norm needs two rows), got {self.batch}")
+        if self.input_lr is not None and not (math.isfinite(self.input_lr) and self.input_lr > 0):
+            raise ValueError(f"input_lr must be a positive finite number or None, got {self.input_lr}")
         for name in ("lr", "sg_lr", "sg_scale", "sg_max_norm"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -121,11 +143,19 @@ class TrainConfig:
         return self
 
 
+def parse_model(model):
+    """'fcn3' -> ('fcn', 3); 'cnn4' -> ('cnn', 4)."""
+    ok = isinstance(model, str) and model[:3] in ("fcn", "cnn") and model[3:].isdigit() and int(model[3:]) >= 2
+    if not ok:
+        raise ValueError(
+            f"model must be 'fcnN' or 'cnnN' with N >= 2 (e.g. fcn3 = 2 hidden blocks + output), got {model!r}"
+        )
+    return model[:3], int(model[3:])
+
+
 def depth(model):
     """'fcn3' -> 3."""
-    if not (isinstance(model, str) and model.startswith("fcn") and model[3:].isdigit() and int(model[3:]) >= 2):
-        raise ValueError(f"model must be 'fcnN' with N >= 2 (e.g. fcn3 = 2 hidden blocks + output), got {model!r}")
-    return int(model[3:])
+    return parse_model(model)[1]
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -136,8 +166,9 @@ def load_data(cfg, log=print):
     """(x_train, y_train, x_val, y_val, x_test, y_test) as arrays of the active backend, features float32."""
     from . import data
 
-    if cfg.data == "mnist":
-        ds = data.load_dataset("mnist", cache_dir=cfg.data_dir, log=log)
+    images = parse_model(cfg.model)[0] == "cnn"  # a CNN reads (N, C, H, W) images, an FCN flat rows
+    if cfg.data in ("mnist", "fashion-mnist", "cifar10"):
+        ds = data.load_dataset(cfg.data, cache_dir=cfg.data_dir, log=log, images=images)
     else:  # spirals: a small synthetic problem for tests and tutorials, with its own held-out test points
         ds = data.load_dataset(
             "spirals", n_per_class=1000, n_test_per_class=300, n_classes=N_CLASSES["spirals"], seed=cfg.seed
@@ -155,12 +186,22 @@ def load_data(cfg, log=print):
     return tuple(backend.asarray(a) for a in (x_tr, y_tr, x_val, y_val, x_test, y_test))
 
 
-def build_from_config(cfg, d_in, n_classes):
+def build_from_config(cfg, in_shape, n_classes):
+    """The network of cfg for inputs of shape in_shape: (D,) rows for an FCN, (C, H, W) images for a CNN."""
+    arch, n_layers = parse_model(cfg.model)
     return build_network(
-        depth=depth(cfg.model),
+        depth=n_layers,
+        arch=arch,
+        in_shape=tuple(in_shape) if arch == "cnn" else None,
+        channels=cfg.channels,
+        sg_channels=cfg.sg_channels,
+        p_update=cfg.p_update,
+        unlock=cfg.unlock,
+        input_hidden=cfg.input_hidden,
+        input_lr=cfg.input_lr,
         mode=cfg.mode,
         sg=cfg.sg,
-        d_in=d_in,
+        d_in=int(np.prod(in_shape)),
         hidden=cfg.hidden,
         n_classes=n_classes,
         batchnorm=cfg.batchnorm,
@@ -190,7 +231,13 @@ def attach_kernels(net, choice):
     if choice == "unfused":
         return "unfused"
     if choice == "auto":
-        has_fused_form = net.mode in ("dni", "cdni") and net.sg_target == "bootstrap"
+        has_fused_form = (
+            net.mode in ("dni", "cdni")
+            and net.sg_target == "bootstrap"
+            and net.gate is None
+            and net.inputs is None
+            and net.blocks[0].layers.layers[0].params["W"].ndim == 2  # the kernels are for FCNs
+        )
         if backend_name() != "cupy" or not has_fused_form:
             return "unfused"
         choice = "fused"
@@ -273,6 +320,7 @@ def _network_state(net, shuffle_rng, epoch, step, milestones, cfg):
         "config": config_dict(cfg),
         "optimizers": {name: {"t": opt.t, "lr": opt.lr} for name, opt in net.optimizers().items()},
         "rng": shuffle_rng.bit_generator.state,
+        "gate_rng": net.gate.state() if net.gate is not None else None,  # the coins of stochastic updates
     }
     return net.state_arrays(), meta
 
@@ -283,6 +331,8 @@ def _restore(net, shuffle_rng, arrays, meta):
         opt.t = int(meta["optimizers"][name]["t"])
         opt.lr = float(meta["optimizers"][name]["lr"])
     shuffle_rng.bit_generator.state = meta["rng"]
+    if net.gate is not None:
+        net.gate.set_state(meta["gate_rng"])
 
 
 def _check_resumable(cfg, meta):
@@ -312,7 +362,7 @@ def train(cfg, resume=False, log=print, data=None):
             f"{out} already holds a run (checkpoint or metrics); pass --resume to continue it or choose another --out"
         )
     x_tr, y_tr, x_val, y_val, x_te, y_te = data if data is not None else load_data(cfg, log)
-    net = build_from_config(cfg, x_tr.shape[1], N_CLASSES[cfg.data])
+    net = build_from_config(cfg, x_tr.shape[1:], N_CLASSES[cfg.data])
     log(f"training step: {attach_kernels(net, cfg.kernels)} ({backend_name()} backend)")
     shuffle_rng = np.random.default_rng([cfg.seed, 1])  # separate from the init RNG, saved in checkpoints
     # the held-out batch for --diagnostics: validation rows if there are enough, and of the training batch size,
@@ -378,7 +428,9 @@ def train(cfg, resume=False, log=print, data=None):
 def _train_epoch(net, x, y, shuffle_rng, schedule, step, batch, bar):
     """One pass over (x, y) in a fresh random order; returns the epoch's training record and the new step count."""
     perm = shuffle_rng.permutation(x.shape[0])
-    loss_sum, sg_sum, factor = 0.0, None, None
+    loss_sum, factor = 0.0, None
+    sums = {}  # per-block sums of "sg_loss" / "input_loss" and how many steps contributed to each
+    updates = np.zeros(len(net.blocks))  # how many steps each block updated in (stochastic updates)
     for b in bar:
         if schedule.factor(step) != factor:  # learning rates change only at the schedule's milestones
             factor = schedule.factor(step)
@@ -387,13 +439,21 @@ def _train_epoch(net, x, y, shuffle_rng, schedule, step, batch, bar):
         result = net.train_step(x[idx], y[idx])  # (batch, D_in), (batch,)
         step += 1
         loss_sum += result["loss"]
-        sg_sum = result["sg_loss"] if sg_sum is None else [a + c for a, c in zip(sg_sum, result["sg_loss"])]
+        for key in ("sg_loss", "input_loss"):
+            for i, v in enumerate(result.get(key, [])):
+                if v is not None:  # None: under stochastic updates the module got no target on this step
+                    total, count = sums.setdefault(key, {}).get(i, (0.0, 0))
+                    sums[key][i] = (total + v, count + 1)
+        if "updated" in result:
+            updates[result["updated"]] += 1
         if b % 20 == 0:
             bar.set_postfix(loss=f"{result['loss']:.4f}")
     n = len(bar)
     record = {"step": step, "train_loss": loss_sum / n, "lr": net.blocks[-1].layers.optimizer.lr}
-    if sg_sum:
-        record["sg_loss"] = [s / n for s in sg_sum]
+    for key, per_block in sums.items():
+        record[key] = [per_block[i][0] / per_block[i][1] if i in per_block else None for i in range(len(net.hidden))]
+    if net.gate is not None:
+        record["update_frac"] = (updates / n).tolist()  # ~p_update per block under dni; p^(N-i) under bprop
     return record, step
 
 
@@ -440,6 +500,6 @@ def evaluate(checkpoint_path, log=print, data_dir=None):
     if data_dir is not None:
         cfg.data_dir = data_dir
     *_, x_te, y_te = load_data(cfg, log)
-    net = build_from_config(cfg, x_te.shape[1], N_CLASSES[cfg.data])
+    net = build_from_config(cfg, x_te.shape[1:], N_CLASSES[cfg.data])
     restore_arrays(net.state_arrays(), arrays, where=checkpoint_path)
     return {"epoch": meta["epoch"], "test_error_pct": net.error_pct(x_te, y_te), "test_rows": int(x_te.shape[0])}

@@ -475,11 +475,20 @@ def test_iterate_minibatches_in_order_and_shuffled():
         np.testing.assert_array_equal(xb[:, 0], 2 * yb)
 
 
+def test_iterate_minibatches_takes_images():
+    x = np.arange(5 * 2 * 3 * 3, dtype=np.float32).reshape(5, 2, 3, 3)
+    y = np.arange(5)
+    batches = list(iterate_minibatches(x, y, 2, rng=np.random.default_rng(0)))
+    assert [xb.shape for xb, _ in batches] == [(2, 2, 3, 3), (2, 2, 3, 3), (1, 2, 3, 3)]
+    for xb, yb in batches:
+        np.testing.assert_array_equal(xb, x[yb])
+
+
 def test_iterate_minibatches_bad_input_fails_at_the_call():
     x = np.zeros((4, 3), np.float32)
     y = np.zeros(4, np.int64)
-    with pytest.raises(ValueError, match="2-D"):
-        iterate_minibatches(np.zeros((4, 3, 1)), y, 2)
+    with pytest.raises(ValueError, match="1-D"):
+        iterate_minibatches(np.zeros(4), y, 2)
     with pytest.raises(ValueError, match="1-D"):
         iterate_minibatches(x, y.reshape(4, 1), 2)
     with pytest.raises(ValueError, match="different lengths"):
@@ -551,4 +560,17 @@ def test_load_dataset(tiny, tmp_path):
     assert ds.source == "cache"
 
     with pytest.raises(ValueError, match="mnist, spirals"):
-        load_dataset("cifar10")
+        load_dataset("imagenet")
+
+
+def test_spirals_hidden_in_noise():
+    x, y = make_spirals(50, n_classes=3, seed=3, noise_dims=5, noise_dims_std=0.5)
+    plain, y_plain = make_spirals(50, n_classes=3, seed=3)
+    assert x.shape == (150, 7) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[:, :2], plain)  # the spiral coordinates are unchanged
+    np.testing.assert_array_equal(y, y_plain)
+    assert abs(float(x[:, 2:].std()) - 0.5) < 0.05 and abs(float(x[:, 2:].mean())) < 0.05
+    with pytest.raises(ValueError, match="noise_dims"):
+        make_spirals(10, noise_dims=-1)
+    with pytest.raises(ValueError, match="noise_dims_std"):
+        make_spirals(10, noise_dims=2, noise_dims_std=float("nan"))
