@@ -59,6 +59,8 @@ PAPER_LR = 3e-5
 # validation error 13.20 / 11.65 / 15.65 % at 1e-5 / 1e-6 / 1e-7; docs/results.md). Their outputs sum 5x5xC
 # terms, so the weights that give gradients of the right size are ~10x smaller than a linear module's.
 CNN_SG_LR = 1e-6
+# training rows left after the default 5,000-image validation split: what one epoch is, for the paper budget
+TRAIN_ROWS = {"mnist": 55_000, "fashion-mnist": 55_000, "cifar10": 45_000}
 
 
 @dataclasses.dataclass
@@ -89,10 +91,10 @@ def budget_config(budget, model, data="mnist", **fields):
                     channels=4, sg_channels=4, input_hidden=32)  # fmt: skip
     elif budget == "short":
         base.update(epochs=5 if cnn else 20, sg_lr=sg_lr)
-    else:  # paper: 500k iterations on the 55k training rows left after the validation split
+    else:  # paper: 500k iterations over the training rows left after the validation split
         lr_ratio = sg_lr / TrainConfig.lr  # keep our tuned SG / layer learning-rate ratio
         base.update(
-            epochs=_epochs_for_iterations(PAPER_ITERATIONS, 55_000, 256),
+            epochs=_epochs_for_iterations(PAPER_ITERATIONS, TRAIN_ROWS[data], 256),
             lr=PAPER_LR,
             sg_lr=PAPER_LR * lr_ratio,
             lr_decay_at=(0.6, 0.8),

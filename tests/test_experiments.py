@@ -59,6 +59,8 @@ def test_the_paper_budget_is_the_papers_schedule():
     assert cfg.batch == 256 and cfg.lr == 3e-5 and cfg.lr_decay_at == (0.6, 0.8) and cfg.lr_gamma == 0.1
     assert 500_000 <= cfg.epochs * steps_per_epoch < 500_000 + steps_per_epoch
     assert cfg.sg_lr / cfg.lr == pytest.approx(TrainConfig.sg_lr / TrainConfig.lr)
+    cifar = experiments.budget_config("paper", "cnn3", "cifar10")  # 45,000 training images: more epochs
+    assert 500_000 <= cifar.epochs * (45_000 // 256) < 500_000 + 45_000 // 256
     cnn = experiments.budget_config("paper", "cnn3", mode="cdni")
     assert cnn.sg_lr / cnn.lr == pytest.approx(experiments.CNN_SG_LR / TrainConfig.lr)
 
