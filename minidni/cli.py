@@ -193,7 +193,8 @@ def build_parser():
         "--budget",
         choices=("smoke", "short", "paper"),
         default="short",
-        help="smoke: seconds; short: ~2 hours on 2 cores; paper: the paper's 500k-iteration schedule",
+        help="smoke: seconds; short: the full data for tens of epochs, sized for a 2-core CPU (table1 takes hours, "
+        "see docs/experiments.md); paper: the paper's 500k-iteration schedule",
     )
     x.add_argument("--out", required=True, help="output directory (an interrupted experiment continues from it)")
     x.add_argument("--data", choices=("mnist", "fashion-mnist", "cifar10"), default="mnist")
