@@ -17,7 +17,7 @@ Budgets
     smoke   seconds: a few hundred rows, one epoch, narrow layers. Proves the pipeline end to end (the tests run it).
     short   full MNIST, tens of epochs, our learning rates (tuned on the validation split, docs/results.md); 3
             seeds where a claim rests on small gaps. Sized for a 2-core CPU: stochastic and unlock take under an
-            hour of training each, table1 several hours (its CNN rows most of them; --jobs 2 halves the wall time).
+            hour of training each, table1 several hours (its CNN rows most of them; --jobs 2 trains two runs at once).
     paper   the paper's schedule: 500k iterations of batch 256, Adam at lr 3e-5, divided by 10 at 300k and 400k
             (the SG modules' rate keeps our tuned ratio to the layers' rate). Days on a CPU.
 
