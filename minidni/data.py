@@ -1270,19 +1270,15 @@ def to_images(images: np.ndarray, dtype=np.float32, *, mean=MNIST_MEAN, std=MNIS
     return x
 
 
-def check_xy(x: np.ndarray, y: np.ndarray, n_classes: int | None = None, *, x_2d: bool = False) -> None:
+def check_xy(x: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> None:
     """Raise ValueError unless x and y form a usable labelled data set.
 
-    x: (N, ...) numbers without NaN or inf (if x_2d, exactly (N, D)); y: (N,) integer labels >= 0, and
+    x: (N, D) rows or (N, C, H, W) images, numbers without NaN or inf; y: (N,) integer labels >= 0, and
     < n_classes when n_classes is given.
     """
     x, y = np.asarray(x), np.asarray(y)
-    if x_2d and x.ndim != 2:
-        raise ValueError(f"x must be 2-D (N, features), got shape {x.shape}")
-    if x.ndim == 1:
-        raise ValueError(f"x must be (N, features) rows or (N, C, H, W) images, got 1-D shape {x.shape}")
-    if x.ndim < 1:
-        raise ValueError("x must have a leading sample dimension, got a scalar")
+    if x.ndim < 2:
+        raise ValueError(f"x must be (N, features) rows or (N, C, H, W) images, got {x.ndim}-D shape {x.shape}")
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (N,) labels, got shape {y.shape}")
     if len(x) != len(y):

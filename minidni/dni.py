@@ -272,13 +272,20 @@ class Network:
             raise DivergenceError(f"the training loss is {loss}; the network diverged (lower the learning rate)")
         return loss, dlogits, cache
 
+    def forward_hidden(self, x):
+        """The real forward pass through the hidden blocks (training mode), every cache kept for a backward later:
+        returns (hs, caches) with hs[i] = h_i, hidden block i's output; hs[-1] is what the output block reads."""
+        hs, caches, h = [], [], x
+        for block in self.hidden:
+            h, cache = block.forward(h)  # (B, D_i), or (B, C, H_i, W_i) for a conv block
+            hs.append(h)
+            caches.append(cache)
+        return hs, caches
+
     def _bprop_step(self, x, labels, train_hidden):
         """Locked backprop: every block waits for the whole forward pass and for the gradient from above."""
-        caches, h = [], x
-        for block in self.hidden:
-            h, cache = block.forward(h)
-            caches.append(cache)
-        loss, dh, cache = self._loss(h, labels)
+        hs, caches = self.forward_hidden(x)
+        loss, dh, cache = self._loss(hs[-1], labels)
         dh = self.output.backward(dh, cache, need_dx=train_hidden)
         self.output.update()
         if train_hidden:
@@ -309,12 +316,8 @@ class Network:
     def _dni_step_true_targets(self, x, labels):
         """For comparison: blocks still update from synthetic gradients, but each SG module regresses onto the
         true gradient dL/dh_i of this batch (full backprop at the forward pass's parameters, so this is locked)."""
-        caches, hs, h = [], [], x
-        for block in self.hidden:
-            h, cache = block.forward(h)
-            caches.append(cache)
-            hs.append(h)
-        loss, dh, out_cache = self._loss(h, labels)
+        hs, caches = self.forward_hidden(x)
+        loss, dh, out_cache = self._loss(hs[-1], labels)
         dh_true = [None] * len(self.hidden)
         dh = self.output.backward(dh, out_cache)
         self.output.update()
@@ -354,12 +357,8 @@ class Network:
         if self.mode not in ("dni", "cdni"):
             raise ValueError(f"gradient alignment needs synthetic-gradient modules; mode {self.mode!r} has none")
         saved = {k: v.copy() for k, v in self.state_arrays().items() if "running_" in k}
-        hs, caches, h = [], [], x
-        for block in self.hidden:
-            h, cache = block.forward(h)  # training-mode batch norm, as in a training step
-            hs.append(h)
-            caches.append(cache)
-        _, dh, cache = self._loss(h, labels)
+        hs, caches = self.forward_hidden(x)  # training-mode batch norm, as in a training step
+        _, dh, cache = self._loss(hs[-1], labels)
         dh = self.output.backward(dh, cache)  # fills grads, which the next step overwrites; no update
         cosine, rel_error = [], []
         for i in range(len(self.hidden) - 1, -1, -1):

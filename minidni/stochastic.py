@@ -71,22 +71,11 @@ class UpdateGate:
         return f"UpdateGate(p_update={self.p_update})"
 
 
-def forward_all(net, x):
-    """The real forward pass of the hidden blocks, every cache kept: (hs, caches, h_top), hs[i] = hidden block i's
-    output and h_top = hs[-1], what the output block reads."""
-    hs, caches, h = [], [], x
-    for block in net.hidden:
-        h, cache = block.forward(h)
-        hs.append(h)
-        caches.append(cache)
-    return hs, caches, h
-
-
 def gated_bprop_step(net, x, labels, chosen, train_hidden=True):
     """Backprop in which only the chosen blocks run their backward: the gradient stops at the first one that
     did not. Returns the step's record, with "updated": the blocks that really updated."""
-    hs, caches, h_top = forward_all(net, x)
-    loss, dh, out_cache = net._loss(h_top, labels)
+    hs, caches = net.forward_hidden(x)  # the real forward pass: every block, every cache kept
+    loss, dh, out_cache = net._loss(hs[-1], labels)
     n = len(net.hidden)
     updated = []
     if n not in chosen:  # the output block skipped its backward: nothing below hears about this batch
@@ -107,13 +96,13 @@ def gated_bprop_step(net, x, labels, chosen, train_hidden=True):
 def gated_dni_step(net, x, labels, chosen):
     """DNI / cDNI in which only the chosen blocks update, in the order given. SG losses of modules that got no
     target on this pass are None."""
-    hs, caches, h_top = forward_all(net, x)
-    loss, dlogits, out_cache = net._loss(h_top, labels)
+    hs, caches = net.forward_hidden(x)
+    loss, dlogits, out_cache = net._loss(hs[-1], labels)
     n = len(net.hidden)
     sg_loss = [None] * n
     for j in chosen:
         if j == n:  # the output block: the only true gradient, which is also the top module's target
-            dh_true = net.output.backward(dlogits, out_cache)  # dL/dh of the last hidden block: h_top's shape
+            dh_true = net.output.backward(dlogits, out_cache)  # dL/dh of the last hidden block: hs[-1]'s shape
             net.output.update()
             dx = dh_true
         else:

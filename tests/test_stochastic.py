@@ -167,7 +167,7 @@ def test_gated_dni_step_matches_its_written_out_form():
     ref = copy.deepcopy(net)
     stochastic.gated_dni_step(net, x, y, [2, 1])
 
-    hs, caches, _ = stochastic.forward_all(ref, x)
+    hs, caches = ref.forward_hidden(x)
     dx2, _, _ = ref.hidden[2].synthetic_step(hs[2], caches[2], y)
     dh_syn, cache, _ = ref.hidden[1].synthetic_gradient(hs[1], y)
     ref.hidden[1].sg_update(dh_syn, cache, dh_target=dx2)
