@@ -79,6 +79,6 @@ def array_module(a):
 
 def to_numpy(a):
     """A host (NumPy) copy of an array from either backend, for checkpoints, metrics and plots."""
-    if isinstance(a, (np.ndarray, np.generic)):
+    if isinstance(a, (np.ndarray, np.generic, int, float, complex)):  # (Python numbers are host values too)
         return a
     return a.get()  # cupy.ndarray -> numpy.ndarray

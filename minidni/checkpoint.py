@@ -50,6 +50,19 @@ def atomic_write(path, data):
         raise
 
 
+def write_jsonl(path, records):
+    """A list of JSON-serialisable dicts as one line each (a run's metrics.jsonl), written atomically."""
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_jsonl(path):
+    """The records of a file written by write_jsonl; [] if there is none yet."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def save_checkpoint(path, arrays, meta):
     """Save {name: array} and a JSON-serialisable `meta` dict to `path` (.npz) atomically."""
     if META_KEY in arrays:

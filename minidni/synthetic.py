@@ -59,12 +59,14 @@ class SyntheticGradient:
         dtype=DEFAULT_DTYPE,
         body="dense",
         kernel=5,
+        d_out=None,
     ):
         """d: width of the h it reads and of the gradient it predicts (for body="conv": h's channels C);
         hidden: widths of hidden layers (channels for "conv"; () = a single output layer); n_classes: if given,
         the module is label-conditioned (cDNI); scale: the network itself outputs scale * dh_syn (see `update`);
         body: "dense" reads (B, D) features with Linear layers, "conv" reads (B, C, H, W) maps with
-        kernel x kernel convolutions and "same" padding."""
+        kernel x kernel convolutions and "same" padding; d_out: width of the predicted gradient when it is not
+        that of the module's input (dense only: e.g. M(state of a sender) -> dL/d(its message))."""
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}")
         if body not in BODIES:
@@ -72,6 +74,9 @@ class SyntheticGradient:
         rng = np.random.default_rng(0) if rng is None else rng
         self.d, self.hidden, self.n_classes, self.scale = d, tuple(hidden), n_classes, float(scale)
         self.body = body
+        if d_out is not None and body != "dense":
+            raise ValueError("d_out (a prediction narrower or wider than the input) needs body='dense'")
+        self.d_out = d if d_out is None else d_out
 
         def layer(n_in, n_out, **kw):  # the body's one kind of weight layer: a Linear or a "same" convolution
             if body == "dense":
@@ -86,7 +91,7 @@ class SyntheticGradient:
                 layers.append(norm(h, dtype=dtype))
             layers.append(ReLU())
             width = h
-        layers.append(layer(width, d, init="zeros"))  # zero W and zero b: dh_syn starts at 0
+        layers.append(layer(width, self.d_out, init="zeros"))  # zero W and zero b: dh_syn starts at 0
         self.net = Sequential(*layers)
         self.dtype = dtype
 
@@ -146,7 +151,8 @@ class SyntheticGradient:
     def __repr__(self):
         ctx = f", n_classes={self.n_classes}" if self.conditioned else ""
         body = f", body='conv', kernel={self.net.layers[-1].kernel}" if self.body == "conv" else ""
-        return f"SyntheticGradient(d={self.d}, hidden={self.hidden}{ctx}{body})"
+        out = f", d_out={self.d_out}" if self.d_out != self.d else ""
+        return f"SyntheticGradient(d={self.d}{out}, hidden={self.hidden}{ctx}{body})"
 
 
 KINDS = ("linear", "mlp", "conv")

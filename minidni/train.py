@@ -30,11 +30,19 @@ import numpy as np
 
 from . import __version__
 from .backend import backend_name, xp
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, restore_arrays, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    read_jsonl,
+    restore_arrays,
+    save_checkpoint,
+    write_jsonl,
+)
 from .dni import MODES, SG_TARGETS, build_network
 from .optim import StepSchedule
-from .stochastic import check_p_update
 from .plots import plot_learning_curves
+from .stochastic import check_p_update
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -300,15 +308,11 @@ def config_dict(cfg):
 
 
 def read_metrics(out):
-    path = os.path.join(out, METRICS)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(os.path.join(out, METRICS))
 
 
 def write_metrics(out, metrics):
-    atomic_write(os.path.join(out, METRICS), "".join(json.dumps(m) + "\n" for m in metrics))
+    write_jsonl(os.path.join(out, METRICS), metrics)
 
 
 def _network_state(net, shuffle_rng, epoch, step, milestones, cfg):
