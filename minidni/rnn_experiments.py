@@ -260,7 +260,7 @@ def _cell(values):
         return "-"
     if len(values) == 1:
         return f"{values[0]:g}"
-    return f"{np.mean(values):g} ({min(values):g}-{max(values):g}, {len(values)} seeds)"
+    return f"{np.mean(values):.3g} ({min(values):g}-{max(values):g}, {len(values)} seeds)"
 
 
 def summarise_copy(task):
@@ -310,8 +310,8 @@ def summarise_charlm(runs, results, out):
             f"{cfg.batch} streams at most (early stopping on validation). Bits per character. Paper: {PAPER_PTB}."
         ),
         "",
-        "| mode | best validation BPC | at update | test BPC (best model) | updates run | seconds |",
-        "|---|---|---|---|---|---|",
+        "| mode | seed | best validation BPC | at update | test BPC (best model) | updates run | seconds |",
+        "|---|---|---|---|---|---|---|",
     ]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -322,9 +322,10 @@ def summarise_charlm(runs, results, out):
         curve = [r for r in m if "valid_bpc" in r]
         final = m[-1]
         best_at = min(curve, key=lambda r: r["valid_bpc"])["update"] if curve else "-"
-        lines.append(f"| {run.key['mode']} | {final['best_valid_bpc']:.3f} | {best_at} | {final['test_bpc']:.3f} | "
-                     f"{final['update']} | {final['seconds']:.0f} |")  # fmt: skip
-        ax.plot([r["update"] for r in curve], [r["valid_bpc"] for r in curve], marker=".", label=run.key["mode"])
+        lines.append(f"| {run.key['mode']} | {run.cfg.seed} | {final['best_valid_bpc']:.3f} | {best_at} | "
+                     f"{final['test_bpc']:.3f} | {final['update']} | {final['seconds']:.0f} |")  # fmt: skip
+        label = run.key["mode"] + (f" (seed {run.cfg.seed})" if len({r.cfg.seed for r in runs}) > 1 else "")
+        ax.plot([r["update"] for r in curve], [r["valid_bpc"] for r in curve], marker=".", label=label)
     ax.set(xlabel="updates (chunks of T = 5 characters)", ylabel="validation bits/char", title="BPTT vs DNI, T = 5")
     ax.legend()
     save_figure(fig, os.path.join(out, "charlm.png"))

@@ -216,7 +216,8 @@ def test_charlm_smoke_on_a_text_file(tmp_path, monkeypatch):
     for run in runs:
         final = results[run.name]["metrics"][-1]
         assert final["final"] is True and 0 < final["test_bpc"] < 10
-        assert table_row(table, run.key["mode"])[1] == f"{final['best_valid_bpc']:.3f}"
+        row = table_row(table, run.key["mode"])
+        assert row[1:3] == [str(run.cfg.seed), f"{final['best_valid_bpc']:.3f}"]  # mode | seed | best validation
 
     before = (out / "results.json").read_bytes()
     monkeypatch.setattr(rnn_experiments, "_train_one", no_training)
@@ -247,6 +248,31 @@ def test_cli_passes_seeds_jobs_and_text_on(tmp_path, capsys, recorded):
     assert (kw["seeds"], kw["jobs"], kw["text"]) == ((2, 0), 2, "ptb:/data/ptb")
     assert run_cli(capsys, "experiment", "multinet", "--out", tmp_path)[0] == 0
     assert recorded[1][0][1] == "short" and recorded[1][1]["seeds"] == (0,)
+
+
+def test_cli_passes_truncations_and_modes_on(tmp_path, capsys, recorded):
+    rc, _, err = run_cli(capsys, "experiment", "copy", "--out", tmp_path, "--truncations", "3,2,3",
+                         "--modes", "dni,bptt")  # fmt: skip
+    assert rc == 0, err
+    ((_, kw),) = recorded
+    assert (kw["truncations"], kw["modes"]) == ((3, 2), ("dni", "bptt"))
+    for bad in ("0", "a", ""):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["experiment", "copy", "--out", str(tmp_path), "--truncations", bad])
+        assert exit_.value.code == 2 and "--truncations" in capsys.readouterr().err
+
+
+def test_truncations_and_modes_select_runs_and_are_checked():
+    runs = make_runs("copy", "short", seeds=(0, 1), truncations=(2,), modes=("dni",))
+    assert [r.name for r in runs] == ["copy-dni-T2", "copy-dni-T2-s1"]
+    assert [r.cfg.seed for r in runs] == [0, 1]
+    assert [r.key["mode"] for r in make_runs("charlm", "smoke", modes=("bptt",))] == ["bptt"]
+    with pytest.raises(ValueError, match="unknown truncations or modes"):
+        make_runs("copy", "short", modes=("rtrl",))
+    with pytest.raises(ValueError, match="truncations select runs of copy"):
+        make_runs("charlm", "short", truncations=(2,))
+    with pytest.raises(ValueError, match="modes select runs"):
+        make_runs("multinet", "short", modes=("dni",))
 
 
 @pytest.mark.parametrize("seeds", ["a,b", "", "-1", "1.5", ","])

@@ -370,7 +370,7 @@ print(f"wrote {figure}")
 #   seed), the random `frozen` A leaks some of it (B reaches about 0.31), while the `cut` A, trained only to name
 #   the current symbol, leaves B at chance (about 0.13 against 0.125).
 # * `dni` and `bprop` both teach A to keep the symbol and put it into the message: B passes 95% within about 750
-#   ticks under `bprop` and about 2,000 under `dni`, and both end near 0.997. `bprop` gets there first, but only
+#   ticks under `bprop` and about 2,250 under `dni`, and both end near 0.997-0.999. `bprop` gets there first, but only
 #   because A waits for B at every window; under `dni` A never waits, and the module learns from targets that
 #   arrive up to `b_ticks` - 1 ticks late. One seed, a short budget: the experiment's measured numbers, with
 #   `dni-state-only` beside them, are in `docs/results.md`.
