@@ -17,7 +17,9 @@ steps, in mode bptt, dni or dni_aux.
 
 Everything a run writes is atomic (minidni.checkpoint): config.json, metrics.jsonl, checkpoint.npz (every
 `checkpoint_every` seconds and at the end, with the RNG, curriculum and optimiser state, so a resumed run continues
-exactly where it stopped).
+exactly where it stopped). One exception: a language model in mode dni or dni_aux checkpoints mid-stream, and the
+one synthetic-gradient prediction then awaiting its target is not saved, so after a resume the module skips that
+one regression step (copy runs checkpoint between episodes, where nothing awaits a target, and resume exactly).
 
 What this module deliberately is not: an experiment harness (minidni.rnn_experiments runs grids of these).
 """
@@ -381,7 +383,8 @@ def train_charlm(cfg, resume=False, log=print, corpus=None):
     test = test_ids[: cfg.eval_chars + 1]
     test_bpc = evaluate_bpc(trainer.net, test, batch=min(32, max(1, (len(test) - 1) // 100)))  # as for validation
     metrics.append({"update": update, "final": True, "best_valid_bpc": best, "test_bpc": test_bpc,
-                    "stopped_early": bad_evals >= cfg.patience, "seconds": round(seconds, 2)})  # fmt: skip
+                    "stopped_early": bad_evals >= cfg.patience and update < cfg.updates,
+                    "seconds": round(seconds, 2)})  # fmt: skip
     _write_metrics(cfg.out, metrics)
     log(f"charlm {cfg.mode} T={cfg.T}: best validation {best:.3f}, test {test_bpc:.3f} bits/char")
     return metrics

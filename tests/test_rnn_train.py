@@ -360,6 +360,15 @@ def test_charlm_patience_counts_evaluations_since_the_last_improvement(tmp_path,
     assert load_checkpoint(tmp_path / "run" / "best.npz")[1]["update"] == 8
 
 
+def test_running_out_of_patience_at_the_last_update_is_not_stopping_early(tmp_path, monkeypatch):
+    scores = iter([3.0, 3.1, 3.2, 9.9])  # no improvement at the last two evaluations, the last at the budget's end
+    monkeypatch.setattr(rnn_train, "evaluate_bpc", lambda *a, **k: next(scores))
+    cfg = charlm_cfg(tmp_path / "run", write_text(tmp_path / "corpus.txt"), mode="bptt", patience=2, eval_every=2,
+                     updates=6)  # fmt: skip
+    final = train_rnn(cfg, log=quiet)[-1]
+    assert (final["update"], final["stopped_early"]) == (6, False)
+
+
 def test_charlm_resume_with_a_larger_budget_is_exact_and_keeps_one_final_record(tmp_path):
     """Truncated BPTT carries only the state across chunks, which the checkpoint holds: 20 + 20 updates give the
     run of 40. The first run's final record (test BPC) is replaced, not kept in the middle of the curve."""
