@@ -119,7 +119,8 @@ class TwoTimescaleSystem:
             part.set_optimizer(make)
         self.sg = None
         if cfg.system == "dni":
-            # M reads A's whole state [h, c] (what A knows when it sends) and predicts dL_B/dm (d_m numbers)
+            # M reads what A knows when it sends - its state [h, tanh c] and, with sg_context, the chunk's symbols -
+            # and predicts dL_B/dm (d_m numbers)
             d_sg = self.a.state_size + (cfg.T * K if cfg.sg_context else 0)
             self.sg = SyntheticGradient(d_sg, d_out=cfg.message, scale=cfg.batch, rng=rng)
             self.sg.set_optimizer(lambda p: make_optimizer("adam", p, cfg.sg_lr or cfg.lr))
@@ -128,7 +129,7 @@ class TwoTimescaleSystem:
         self.s_b = self.b.initial_state(cfg.batch)
         self.inbox = []  # B's chunk so far: (message, B's target) per tick
         self.pending = []  # dni: (prediction, cache) per message in B's chunk, awaiting the true dL_B/dm
-        self.sg_losses = []  # dni: the link module's regression losses, as they arrive
+        self.sg_losses = []  # dni: the link module's regression losses as they arrive (emptied by each metric record)
         self.b_accuracy = None  # B's accuracy on its last chunk
 
     def a_chunk(self, xs):
@@ -167,8 +168,8 @@ class TwoTimescaleSystem:
         return float(loss) / xs.shape[0], acc_a, b_acc
 
     def _sg_input(self, s_end, xs):
-        """What the link's SG module reads: A's state as [h, tanh(c)] (B, 2 H_A), and with sg_context also the symbols A read
-        in the chunk, one-hot, side by side (B, T K): everything A itself knows when it sends the message."""
+        """What the link's SG module reads: A's state as [h, tanh(c)] (B, 2 H_A), and with sg_context also the symbols
+        A read in the chunk, one-hot, side by side (B, T K): everything A itself knows when it sends the message."""
         state = self.a.cell.features(s_end)  # [h, tanh(c)]: A's state is never reset, c is unbounded
         if not self.cfg.sg_context:
             return state
@@ -217,8 +218,11 @@ def train_multinet(cfg, log=print):
             recent = b_accs[-max(1, cfg.eval_ticks // system.b_ticks) :]
             metrics.append({
                 "tick": tick, "b_accuracy": float(np.mean(recent)), "a_accuracy": float(np.mean(a_accs[-cfg.log_every:])),
-                "a_loss": float(np.mean(losses[-cfg.log_every:])), "seconds": round(time.perf_counter() - t0, 2),
+                "a_loss": float(np.mean(losses[-cfg.log_every:])),
+                "sg_loss": float(np.mean(system.sg_losses)) if system.sg_losses else None,  # dni: the link module's
+                "seconds": round(time.perf_counter() - t0, 2),
             })  # fmt: skip
+            system.sg_losses = []
             if cfg.out:
                 write_jsonl(os.path.join(cfg.out, "metrics.jsonl"), metrics)
     final = metrics[-1]

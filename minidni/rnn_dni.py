@@ -80,8 +80,9 @@ class TruncatedTrainer:
         if mode != "bptt":
             if not isinstance(sg, SyntheticGradient):
                 raise ValueError(f"mode {mode!r} needs a SyntheticGradient module over the state, got {sg!r}")
-            if sg.d != net.state_size:
-                raise ValueError(f"the SG module predicts {sg.d} numbers but the state has {net.state_size}")
+            if sg.d != net.state_size or sg.d_out != net.state_size:
+                raise ValueError(f"the SG module reads {sg.d} and predicts {sg.d_out} numbers, but the state has "
+                                 f"{net.state_size}")  # fmt: skip
         if not sg_use_scale > 0:
             raise ValueError(f"sg_use_scale must be positive, got {sg_use_scale}")
         if not 0 <= sg_discount <= 1:
@@ -94,7 +95,7 @@ class TruncatedTrainer:
             rng = np.random.default_rng(0) if rng is None else rng
             self.aux = Linear(net.cell.hidden, net.state_size, init="zeros", rng=rng, dtype=net.dtype)
         self.s = None  # the carried state (B, S)
-        self.pending = None  # (M(s_k), its cache, context): the last boundary's prediction, awaiting its target
+        self.pending = None  # (M(s_k), its cache): the last boundary's prediction, awaiting its target
 
     def set_aux_optimizer(self, make_optimizer):
         if self.aux is not None:
@@ -143,7 +144,7 @@ class TruncatedTrainer:
         #    chunk's losses plus M(s_T) unscaled, backpropagated to the chunk's start (zero future at a sequence end).
         target = None
         if self.pending is not None:
-            future = ds_end if ds_syn is None else self.sg_discount * ds_syn  # zero at the end of a sequence
+            future = ds_end if ds_syn is None else self.sg_discount * ds_syn  # (ds_end is zero at a sequence end)
             target = net.state_backward(dlogits, future, cache)
 
         # 4. The core's own update: in-chunk gradients plus the scaled synthetic gradient (and the aux loss).

@@ -284,7 +284,9 @@ def test_train_multinet_writes_config_and_metrics_atomically(tmp_path, monkeypat
     assert lines == metrics
     assert [m["tick"] for m in metrics] == [5, 10, 12]
     final = metrics[-1]
-    assert set(final) == {"tick", "b_accuracy", "a_accuracy", "a_loss", "seconds", "solved"}
+    assert set(final) == {"tick", "b_accuracy", "a_accuracy", "a_loss", "sg_loss", "seconds", "solved"}
+    # B ran (and the link module learnt) at ticks 3, 6, 9, 12: every record holds the mean of its new SG losses
+    assert all(m["sg_loss"] is not None and m["sg_loss"] >= 0 for m in metrics)
     assert isinstance(final["solved"], bool) and final["solved"] == (final["b_accuracy"] >= 0.95)
     assert 0 <= final["b_accuracy"] <= 1 and 0 <= final["a_accuracy"] <= 1
     assert all("solved" not in m for m in metrics[:-1])
