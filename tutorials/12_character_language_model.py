@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 08: a character-level language model, trained in chunks
+# # Tutorial 12: a character-level language model, trained in chunks
 #
-# The copy tasks of tutorial 07 come in episodes that end. A language model reads one **endless stream** of
+# The copy tasks of tutorial 11 come in episodes that end. A language model reads one **endless stream** of
 # characters and predicts each next one; it is trained with truncated BPTT (or DNI) in chunks of $T$ steps while
 # its state runs on from chunk to chunk. This tutorial follows the data from a string to the batches the trainer
 # reads, states the metric, and trains, proving with asserts:
@@ -40,9 +40,9 @@
 # downloads: with `MINIDNI_TINY=1`, or without the cache, it uses a short text written below, on which the model
 # can only overfit; the asserts hold either way.
 #
-# Read tutorials 06 (truncated BPTT) and 07 (the recurrent DNI step) first; the reference is `docs/charlm.md`.
+# Read tutorials 10 (truncated BPTT) and 11 (the recurrent DNI step) first; the reference is `docs/charlm.md`.
 # Sizes: `MINIDNI_TINY=1` shrinks everything so that the script runs in a few seconds (the test suite does this);
-# figures and the training runs' directories (`08_charlm_runs/`, deleted when the script starts) go to
+# figures and the training runs' directories (`12_charlm_runs/`, deleted when the script starts) go to
 # `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
 
 # %%
@@ -76,9 +76,10 @@ except NameError:  # in a notebook: its own folder (tutorials/)
     HERE = Path.cwd()
 OUT = Path(os.environ.get("MINIDNI_TUTORIAL_OUT") or HERE / "out")
 OUT.mkdir(parents=True, exist_ok=True)
-RUNS = OUT / "08_charlm_runs"  # train_charlm writes config.json, metrics.jsonl, checkpoint.npz, best.npz per run
+RUNS = OUT / "12_charlm_runs"  # train_charlm writes config.json, metrics.jsonl, checkpoint.npz, best.npz per run
 shutil.rmtree(RUNS, ignore_errors=True)  # train_charlm refuses to overwrite a run: start from nothing
 T_START = time.perf_counter()
+FIGURES = ["12_character_language_model.png"]  # what it writes into OUT (tests check)
 
 # section 6: the training runs (tiny: only proves that they run)
 T = 5
@@ -244,7 +245,7 @@ assert abs(unigram - entropy) < 1e-9, "a frequency model scores the entropy of t
 # %% [markdown]
 # ## 5. Why the language model discounts its synthetic gradients
 #
-# Recall the module's bootstrapped target (tutorial 07): the next chunk's losses plus $\lambda$ times the next
+# Recall the module's bootstrapped target (tutorial 11): the next chunk's losses plus $\lambda$ times the next
 # prediction, sent back through the chunk. If the predictions are right, the target at a boundary is
 #
 # $$\text{target}(s_k) = \sum_{j \ge 0} \lambda^j\, \frac{\partial}{\partial s_k}
@@ -384,7 +385,7 @@ ax.set_title("the bootstrapped target, summed K chunks ahead", fontsize=10)
 ax.legend(fontsize=8)
 
 fig.tight_layout()
-figure = OUT / "08_character_language_model.png"
+figure = OUT / FIGURES[0]
 fig.savefig(figure, dpi=100)
 if "ipykernel" in sys.modules:
     plt.show()
@@ -408,4 +409,4 @@ print(f"wrote {figure}")
 
 # %%
 assert figure.exists() and figure.stat().st_size > 0, "the figure was not written"
-print(f"tutorial 08 finished in {time.perf_counter() - T_START:.1f}s")
+print(f"tutorial 12 finished in {time.perf_counter() - T_START:.1f}s")

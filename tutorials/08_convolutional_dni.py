@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 02: convolutional DNI - conv layers, conv synthetic gradients, labels as channel maps
+# # Tutorial 08: convolutional DNI - conv layers, conv synthetic gradients, labels as channel maps
 #
-# Tutorial 01 decoupled a fully connected network. The paper's Table 1 also has convolutional networks ("CNN 3",
+# Tutorial 04 decoupled a fully connected network. The paper's Table 1 also has convolutional networks ("CNN 3",
 # "CNN 4"), and for those both the blocks and the synthetic-gradient modules are convolutional. This tutorial
 # builds them up from the math:
 #
@@ -27,7 +27,7 @@
 #    with the explicit block API is bit for bit `Network.train_step`;
 # 4. a small CNN3 trained with backprop, cDNI and `nobprop` on an MNIST subset: test error per epoch.
 #
-# Read tutorial 01 first (the DNI step itself). Sizes: `MINIDNI_TINY=1` shrinks everything so that the script runs
+# Read tutorial 04 first (the DNI step itself). Sizes: `MINIDNI_TINY=1` shrinks everything so that the script runs
 # in a few seconds (the test suite does this, on generated stand-in images, never the real MNIST); figures go to
 # `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
 
@@ -58,6 +58,7 @@ except NameError:  # in a notebook: its own folder (tutorials/)
 OUT = Path(os.environ.get("MINIDNI_TUTORIAL_OUT") or HERE / "out")
 OUT.mkdir(parents=True, exist_ok=True)
 T_START = time.perf_counter()
+FIGURES = ["08_convolutional_dni.png"]  # what it writes into OUT (tests check)
 
 # the sizes of section 4; the tiny ones only prove that the script runs
 N_TRAIN = 256 if TINY else 4000  # training images (a random subset of MNIST's 60,000)
@@ -275,7 +276,7 @@ print(f"example 0 is class {labels[0]}: its label maps hold", [int(inp[0, CHANNE
 #   \xrightarrow{\text{5x5 conv, BN, ReLU, pool}} h_1\,(B, C, 7, 7) \xrightarrow{\text{flatten, linear}}
 #   z\,(B, 10) .$$
 #
-# The DNI step is word for word tutorial 01's: block 0 updates from $\hat\delta_0 = M_1(h_0, c)$; block 1 updates
+# The DNI step is word for word tutorial 04's: block 0 updates from $\hat\delta_0 = M_1(h_0, c)$; block 1 updates
 # from $\hat\delta_1 = M_2(h_1, c)$ and its backward returns $\hat\delta_1\,\partial h_1/\partial h_0$, the
 # bootstrapped target of $M_1$; the output block's true gradient $\delta_1$ is the target of $M_2$. Only the
 # shapes changed. Two ordinary steps first, so that both modules have left zero (the true gradient seeps down one
@@ -337,7 +338,7 @@ assert np.abs(dh0_syn).max() > 0 and np.abs(dh1_syn).max() > 0, "both modules sh
 # only; if MNIST is not cached (`python -m minidni data mnist` fetches it), and always in tiny mode, a generated
 # stand-in: ten classes of "digits", each a fixed stroke of three segments, drawn shifted by up to 3 pixels, with
 # jittered corners and noise. We train on a random subset of `N_TRAIN` images and test on `N_TEST`, with batches
-# of `BATCH` (tutorial sizes, not the paper's; the harness of tutorial 05 runs the real thing), the default
+# of `BATCH` (tutorial sizes, not the paper's; the harness of tutorial 09 runs the real thing), the default
 # learning rates (layers 2e-3, SG modules 1e-5) and CNN3 with `CHANNELS` = 8 channels per block instead of 32.
 # `nobprop` trains only the output layer: the lower bound a decoupled network must beat to show that its conv
 # blocks learnt from the synthetic gradients.
@@ -472,7 +473,7 @@ ax.legend(fontsize=8)
 for ax in axes[2:]:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 fig.tight_layout()
-figure = OUT / "02_convolutional_dni.png"
+figure = OUT / FIGURES[0]
 fig.savefig(figure, dpi=100)
 if "ipykernel" in sys.modules:
     plt.show()
@@ -496,7 +497,7 @@ print(f"wrote {figure}")
 #   writing this tutorial), so here it is the prediction of $(C, 14, 14)$ gradient maps, not bootstrapping, that
 #   is hard. The paper trained for 500k iterations at batch 256; this is about 370 steps at batch 64.
 #
-# The full-size runs (32 channels, all of MNIST) are part of the Table 1 experiment: tutorial 05 and
+# The full-size runs (32 channels, all of MNIST) are part of the Table 1 experiment: tutorial 09 and
 # `docs/experiments.md`; measured results in `docs/results.md`.
 
 # %%
@@ -508,4 +509,4 @@ else:
     for mode in MODES:
         assert runs[mode]["error"][-1] < 30.0, f"{mode} should beat chance (90%) clearly: {runs[mode]['error']}"
     assert runs["bprop"]["error"][-1] < runs["nobprop"]["error"][-1], "backprop's conv blocks should learn"
-print(f"tutorial 02 finished in {time.perf_counter() - T_START:.1f}s")
+print(f"tutorial 08 finished in {time.perf_counter() - T_START:.1f}s")

@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 06: recurrent cells and backpropagation through time
+# # Tutorial 10: recurrent cells and backpropagation through time
 #
-# Tutorials 01-05 decoupled the layers of a feed-forward network. The rest of the paper (Jaderberg et al. 2016,
+# Tutorials 01-09 decoupled the layers of a feed-forward network. The rest of the paper (Jaderberg et al. 2016,
 # section 3.1 and the recurrent experiments) decouples a recurrent network **from its own future**: a network that
 # reads a long sequence is trained in windows of $T$ steps, and a synthetic gradient stands in for everything the
 # window cannot see. This tutorial builds what that rests on, in `minidni.recurrent`, and proves with asserts:
@@ -26,11 +26,11 @@
 # 3. **truncated BPTT**: with chunks of $T$ steps, the gradient of a loss at a step $t \ge T$ with respect to an
 #    input before the boundary is exactly zero, while under full BPTT it is not; and full BPTT is truncated BPTT
 #    plus one missing array per boundary, the gradient $\partial L / \partial s_T$ that would have crossed it. That
-#    array is what DNI predicts (tutorial 07);
+#    array is what DNI predicts (tutorial 11);
 # 4. the picture: $\lVert \partial \ell_t / \partial x_0 \rVert$ against $t$, and the whole matrix
 #    $\lVert \partial \ell_t / \partial x_u \rVert$, for full and truncated BPTT.
 #
-# Read tutorial 01 first (what a synthetic gradient is); the reference is `docs/recurrent.md`. Sizes:
+# Read tutorial 04 first (what a synthetic gradient is); the reference is `docs/recurrent.md`. Sizes:
 # `MINIDNI_TINY=1` shrinks everything so that the script runs in a few seconds (the test suite does this); figures
 # go to `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
 
@@ -57,6 +57,7 @@ except NameError:  # in a notebook: its own folder (tutorials/)
 OUT = Path(os.environ.get("MINIDNI_TUTORIAL_OUT") or HERE / "out")
 OUT.mkdir(parents=True, exist_ok=True)
 T_START = time.perf_counter()
+FIGURES = ["10_recurrent_cells_and_bptt.png"]  # what it writes into OUT (tests check)
 
 # the sizes of the picture (section 4); sections 1-3 are tiny at every size (central differences are slow)
 SEQ = 20 if TINY else 60  # steps in the sequence
@@ -82,7 +83,7 @@ print(f"{'tiny' if TINY else 'default'} size; figures go to {OUT}")
 # $$c_t = f \odot c_{t-1} + i \odot g, \qquad h_t = o \odot \tanh(c_t), \qquad s_t = [h_t, c_t].$$
 #
 # The cell's *output*, what a readout reads, is $h = s_{:, :H}$ in both cases (`cell.output(s)`). What a
-# synthetic-gradient module will read of the state (tutorial 07) is `cell.features(s)`: $h$ for the RNN,
+# synthetic-gradient module will read of the state (tutorial 11) is `cell.features(s)`: $h$ for the RNN,
 # $[h, \tanh c]$ for the LSTM, whose $c$ is unbounded. The forget gate's bias starts at 1, so a fresh cell keeps
 # most of $c$ from step to step.
 
@@ -303,7 +304,7 @@ for Cell in (RNNCell, LSTMCell):
 # So truncation loses exactly one array per boundary, $\partial L_{future} / \partial s_{boundary}$, and with it
 # every dependence longer than the window. Computing it exactly means waiting for the future to happen (the
 # update lock, in time); DNI predicts it instead, $\hat\delta = M(s_{boundary})$, as soon as the boundary is
-# reached. Tutorial 07 does that.
+# reached. Tutorial 11 does that.
 #
 # ## 4. The picture: how far back a loss reaches
 #
@@ -405,7 +406,7 @@ for ax, G, title in ((axes[1], full, "LSTM, full BPTT"), (axes[2], trunc, f"LSTM
     fig.colorbar(image, ax=ax, fraction=0.046)
 
 fig.tight_layout()
-figure = OUT / "06_recurrent_cells_and_bptt.png"
+figure = OUT / FIGURES[0]
 fig.savefig(figure, dpi=100)
 if "ipykernel" in sys.modules:
     plt.show()
@@ -423,10 +424,10 @@ print(f"wrote {figure}")
 #   $\lVert \partial \ell_{59} / \partial x_0 \rVert$ is about $4 \cdot 10^{-4}$ of
 #   $\lVert \partial \ell_0 / \partial x_0 \rVert$ for the RNN and about $3 \cdot 10^{-3}$ for the LSTM, whose
 #   cell $c$ passes gradients back through the forget gates alone (they start near $\sigma(1) \approx 0.73$).
-# * Full BPTT = truncated BPTT + one array per boundary, $\partial L_{future} / \partial s_{boundary}$. Tutorial 07
+# * Full BPTT = truncated BPTT + one array per boundary, $\partial L_{future} / \partial s_{boundary}$. Tutorial 11
 #   predicts that array with a synthetic-gradient module and trains on the copy tasks, where what must be kept is
 #   longer than a chunk.
 
 # %%
 assert figure.exists() and figure.stat().st_size > 0, "the figure was not written"
-print(f"tutorial 06 finished in {time.perf_counter() - T_START:.1f}s")
+print(f"tutorial 10 finished in {time.perf_counter() - T_START:.1f}s")

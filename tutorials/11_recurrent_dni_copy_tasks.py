@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 07: recurrent DNI on the copy tasks
+# # Tutorial 11: recurrent DNI on the copy tasks
 #
-# Tutorial 06 showed that truncated BPTT loses one array per chunk boundary, the gradient of the future losses with
+# Tutorial 10 showed that truncated BPTT loses one array per chunk boundary, the gradient of the future losses with
 # respect to the boundary state. Here a synthetic-gradient module predicts it, $M(s_T)$, and we check every piece of
 # `minidni.rnn_dni.TruncatedTrainer` against the math:
 #
@@ -34,10 +34,10 @@
 # training; the measured results of the real experiment (`python -m minidni experiment copy --budget short`: every
 # $T$ and mode, 20,000 episodes) live in `docs/results.md`.
 #
-# Read tutorials 01 (the synthetic gradient, its bootstrapped target) and 06 (cells, BPTT, truncation) first; the
+# Read tutorials 04 (the synthetic gradient, its bootstrapped target) and 10 (cells, BPTT, truncation) first; the
 # reference is `docs/recurrent.md` and `docs/copy_tasks.md`. Sizes: `MINIDNI_TINY=1` shrinks everything so that the
 # script runs in a few seconds (the test suite does this); figures and the training runs' directories
-# (`07_copy_runs/`, deleted when the script starts) go to `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
+# (`11_copy_runs/`, deleted when the script starts) go to `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
 
 # %%
 import copy
@@ -71,9 +71,10 @@ except NameError:  # in a notebook: its own folder (tutorials/)
     HERE = Path.cwd()
 OUT = Path(os.environ.get("MINIDNI_TUTORIAL_OUT") or HERE / "out")
 OUT.mkdir(parents=True, exist_ok=True)
-RUNS = OUT / "07_copy_runs"  # train_copy writes config.json, metrics.jsonl and checkpoint.npz per run
+RUNS = OUT / "11_copy_runs"  # train_copy writes config.json, metrics.jsonl and checkpoint.npz per run
 shutil.rmtree(RUNS, ignore_errors=True)  # train_copy refuses to overwrite a finished run: start from nothing
 T_START = time.perf_counter()
+FIGURES = ["11_recurrent_dni_copy_tasks.png"]  # what it writes into OUT (tests check)
 
 # section 4: the training race (tiny: only proves that it runs)
 T_TRAIN = 3
@@ -190,7 +191,7 @@ assert cur.solved == 2 and cur.level == 3, "the level-2 errors after the advance
 #
 # The checks run on a real Copy episode ($N = 4$, 3 bits, so $L = 9$: three chunks of $T = 3$), with a float64
 # LSTM so that central differences are exact enough. We first train for a few episodes, so that the module
-# predicts something nonzero (a fresh module predicts exactly zero, tutorial 01), and we build the trainer with
+# predicts something nonzero (a fresh module predicts exactly zero, tutorial 04), and we build the trainer with
 # `clip=None` (no gradient clipping) so that the gradients can be compared one for one.
 
 # %%
@@ -320,7 +321,7 @@ assert_close(target_2, numeric_2, rtol=1e-6, atol=1e-9, name="target at the end 
 # **Check 3: a perfect module turns DNI into full BPTT.** Replace $M$ by an oracle that returns, at each boundary,
 # the true gradient of every later loss with respect to that state (computed by a backward over the rest of the
 # episode), and set `sg_use_scale = 1`. Then chunk $k$'s backward starts from exactly the array truncation threw
-# away (tutorial 06, section 3), and the chunks' gradients, summed, are the full-sequence BPTT gradient. The core
+# away (tutorial 10, section 3), and the chunks' gradients, summed, are the full-sequence BPTT gradient. The core
 # has no optimiser here, so `update()` does nothing and every chunk sees the same weights.
 
 
@@ -490,7 +491,7 @@ for ax in (ax_solved, ax_bits):
     ax.legend(fontsize=8)
 
 fig.tight_layout()
-figure = OUT / "07_recurrent_dni_copy_tasks.png"
+figure = OUT / FIGURES[0]
 fig.savefig(figure, dpi=100)
 if "ipykernel" in sys.modules:
     plt.show()
@@ -515,4 +516,4 @@ print(f"wrote {figure}")
 
 # %%
 assert figure.exists() and figure.stat().st_size > 0, "the figure was not written"
-print(f"tutorial 07 finished in {time.perf_counter() - T_START:.1f}s")
+print(f"tutorial 11 finished in {time.perf_counter() - T_START:.1f}s")

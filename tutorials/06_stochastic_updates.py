@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 03: stochastic updates - blocks that update when they like
+# # Tutorial 06: stochastic updates - blocks that update when they like
 #
 # Backprop runs as one synchronised sweep: forward through every block, then backward through every block, in
 # that order. Jaderberg et al. (ICML 2017, Fig. 7) asked what happens when that order breaks down. In **the
@@ -31,7 +31,7 @@
 # 4. **training** bprop and cDNI at several $p_{update}$ on a small problem whose hidden blocks must learn:
 #    test error against $p_{update}$.
 #
-# Read tutorial 01 first (the DNI step itself). Sizes: `MINIDNI_TINY=1` shrinks everything so that the script
+# Read tutorial 04 first (the DNI step itself). Sizes: `MINIDNI_TINY=1` shrinks everything so that the script
 # runs in a few seconds (the test suite does this); figures go to `tutorials/out/`, or to
 # `$MINIDNI_TUTORIAL_OUT`.
 
@@ -60,6 +60,7 @@ except NameError:  # in a notebook: its own folder (tutorials/)
 OUT = Path(os.environ.get("MINIDNI_TUTORIAL_OUT") or HERE / "out")
 OUT.mkdir(parents=True, exist_ok=True)
 T_START = time.perf_counter()
+FIGURES = ["06_stochastic_updates.png"]  # what it writes into OUT (tests check)
 
 GATE_DRAWS = 2_000 if TINY else 20_000  # forward passes simulated in section 1 (coins only: cheap)
 PASSES = 500 if TINY else 2_000  # forward passes of the gated steps counted in sections 2 and 3
@@ -74,7 +75,7 @@ print(f"{'tiny' if TINY else 'default'} size; figures go to {OUT}")
 # %% [markdown]
 # ## The problem: spirals hidden in noise
 #
-# Tutorial 01 found that on plain 2-d spirals even `nobprop` (only the output layer learns) reaches about 1.4%
+# Tutorial 04 found that on plain 2-d spirals even `nobprop` (only the output layer learns) reaches about 1.4%
 # error: random hidden features are good enough, so that problem cannot show a failure to train the hidden
 # blocks. Here the three spiral arms sit in the first 2 of $D_x = 16$ coordinates and the other 14 are Gaussian
 # noise of standard deviation 0.5. A random first block mixes the two useful coordinates with the noise; only a
@@ -226,7 +227,7 @@ assert np.all(np.abs(frac_bprop - expected_bprop) < 5 * sigma), f"{frac_bprop} v
 # * $M_j$ (`sg{j-1}`) learns iff block $j$ ran: only then does its target exist.
 #
 # `gated_dni_step(net, x, labels, chosen)` runs one such pass for an explicit list. First a few full passes, so
-# that every module predicts something non-zero (a fresh module predicts exactly zero, tutorial 01); then the
+# that every module predicts something non-zero (a fresh module predicts exactly zero, tutorial 04); then the
 # pass `chosen = [2, 0]`: blocks 2 and 0 must move, and so must `sg1` ($M_2$, the module below block 2, trained on
 # block 2's $dx_2$). `sg0` ($M_1$) must not, because block 1 did not run; nor `sg2` ($M_3$), because the output
 # block did not run; nor blocks 1 and 3.
@@ -401,7 +402,7 @@ ax.set_title(f"FCN4 on spirals in noise ({UPDATES} updates = {UPDATES} passes at
 ax.legend(fontsize=7, loc="upper right")
 
 fig.tight_layout()
-figure = OUT / "03_stochastic_updates.png"
+figure = OUT / FIGURES[0]
 fig.savefig(figure, dpi=100)
 if "ipykernel" in sys.modules:
     plt.show()
@@ -439,4 +440,4 @@ else:
     for p in (0.2, 0.1, 0.05):
         assert results["bprop", p]["updates"].min() > 30.0, f"bprop's lower blocks should starve at p = {p}"
     assert err_nobprop.min() > 30.0, "on this problem the hidden blocks must learn: nobprop should stay far from 0"
-print(f"tutorial 03 finished in {time.perf_counter() - T_START:.1f}s")
+print(f"tutorial 06 finished in {time.perf_counter() - T_START:.1f}s")

@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 09: two networks on two timescales, linked by a synthetic gradient
+# # Tutorial 13: two networks on two timescales, linked by a synthetic gradient
 #
 # The paper's last recurrent setting (Jaderberg et al. 2016, the multi-network system; recalled, not checked) is
 # two networks that run at different clock rates: network B ticks once every $T$ ticks of network A and reads
@@ -32,7 +32,7 @@
 # The task and the four systems are minidni's design, not the paper's experiment; the measured results of
 # `python -m minidni experiment multinet --budget short` (10,000 ticks per system) are in `docs/results.md`.
 #
-# Read tutorials 06 (truncated BPTT) and 07 (the recurrent DNI step) first; the reference is `docs/multinet.md`.
+# Read tutorials 10 (truncated BPTT) and 11 (the recurrent DNI step) first; the reference is `docs/multinet.md`.
 # Sizes: `MINIDNI_TINY=1` shrinks everything so that the script runs in a few seconds (the test suite does this);
 # figures go to `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
 
@@ -63,6 +63,7 @@ except NameError:  # in a notebook: its own folder (tutorials/)
 OUT = Path(os.environ.get("MINIDNI_TUTORIAL_OUT") or HERE / "out")
 OUT.mkdir(parents=True, exist_ok=True)
 T_START = time.perf_counter()
+FIGURES = ["13_two_timescale_networks.png"]  # what it writes into OUT (tests check)
 
 # section 4: the training runs (tiny: only proves that they run)
 TICKS = 300 if TINY else 6000  # B ticks per system (the short budget: 10,000)
@@ -352,7 +353,7 @@ ax.set(xlabel="B ticks (one A window of T steps each)", ylabel="B's accuracy", y
        title="B names the symbol A read at the start of the window")  # fmt: skip
 ax.legend(fontsize=8, loc="center right")
 fig.tight_layout()
-figure = OUT / "09_two_timescale_networks.png"
+figure = OUT / FIGURES[0]
 fig.savefig(figure, dpi=100)
 if "ipykernel" in sys.modules:
     plt.show()
@@ -377,4 +378,4 @@ print(f"wrote {figure}")
 
 # %%
 assert figure.exists() and figure.stat().st_size > 0, "the figure was not written"
-print(f"tutorial 09 finished in {time.perf_counter() - T_START:.1f}s")
+print(f"tutorial 13 finished in {time.perf_counter() - T_START:.1f}s")

@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 05: reproducing the paper's tables with the experiment harness
+# # Tutorial 09: reproducing the paper's tables with the experiment harness
 #
-# Tutorials 01-04 took single steps apart. Reproducing a table of the paper is a different job: dozens of
+# Tutorials 01-08 took single steps apart. Reproducing a table of the paper is a different job: dozens of
 # training runs, each hours long, that must survive being stopped, and whose numbers must end up next to the
 # paper's without mixing the two up. `minidni.experiments` does that job; the command line is
 #
@@ -63,9 +63,10 @@ except NameError:  # in a notebook: its own folder (tutorials/)
     HERE = Path.cwd()
 OUT = Path(os.environ.get("MINIDNI_TUTORIAL_OUT") or HERE / "out")
 OUT.mkdir(parents=True, exist_ok=True)
-WORK = OUT / "05_experiments"  # this tutorial's experiment directories
+WORK = OUT / "09_experiments"  # this tutorial's experiment directories
 shutil.rmtree(WORK, ignore_errors=True)  # start from nothing: section 5 shows what happens when runs exist
 T_START = time.perf_counter()
+FIGURES = ["09_reproducing_the_paper.png"]  # what it writes into OUT (tests check)
 print(f"{'tiny' if TINY else 'default'} size; figures and runs go to {OUT}")
 
 # %% [markdown]
@@ -210,7 +211,7 @@ table1_rows = run_experiment(
 print(f"--- table1 --models fcn3, smoke budget: {len(table1_rows)} runs in {time.perf_counter() - t0:.1f}s")
 
 # %% [markdown]
-# Outside tiny mode, also the `unlock` experiment (tutorial 04): FCN4 trained four ways - complete unlock, cDNI,
+# Outside tiny mode, also the `unlock` experiment (tutorial 07): FCN4 trained four ways - complete unlock, cDNI,
 # DNI, backprop - the same number of epochs each. Its `table.md` has no paper column: the paper gives no table for
 # it, only the statement quoted in the table's caption.
 
@@ -445,7 +446,7 @@ ax.set(xlabel="epoch", ylabel="training loss (epoch mean)", title="resuming give
 ax.legend(fontsize=8)
 
 fig.tight_layout()
-figure = OUT / "05_reproducing_the_paper.png"
+figure = OUT / FIGURES[0]
 fig.savefig(figure, dpi=100)
 if "ipykernel" in sys.modules:
     plt.show()
@@ -463,4 +464,4 @@ print(f"wrote {figure}")
 # %%
 assert figure.exists() and figure.stat().st_size > 0, "the figure was not written"
 assert all(0 <= r["test_error_pct"] <= 100 for r in table1_rows + unlock_rows), "a test error out of range"
-print(f"tutorial 05 finished in {time.perf_counter() - T_START:.1f}s")
+print(f"tutorial 09 finished in {time.perf_counter() - T_START:.1f}s")

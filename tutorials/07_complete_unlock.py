@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # Tutorial 04: complete unlock - synthetic inputs and synthetic gradients
+# # Tutorial 07: complete unlock - synthetic inputs and synthetic gradients
 #
-# Synthetic gradients remove two of backprop's three locks (tutorial 01): a block no longer waits for the
+# Synthetic gradients remove two of backprop's three locks (tutorial 04): a block no longer waits for the
 # gradient to come back down (backward lock) or for the rest of the forward pass (update lock). It still waits
 # for its **input**: block $j$ cannot start until block $j-1$ has produced $h_{j-1}$ (forward lock). Jaderberg et
 # al. (ICML 2017, Sec. 3.3) remove that lock too, with a second kind of model: a **synthetic input**
@@ -32,7 +32,7 @@
 # 4. complete unlock against cDNI and backprop in training, with the synthetic-input regression loss, and the
 #    proof that evaluation runs the real forward pass.
 #
-# Read tutorials 01 and 03 first. Sizes: `MINIDNI_TINY=1` shrinks everything so that the script runs in a few
+# Read tutorials 04 and 06 first. Sizes: `MINIDNI_TINY=1` shrinks everything so that the script runs in a few
 # seconds (the test suite does this); figures go to `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
 
 # %%
@@ -61,6 +61,7 @@ except NameError:  # in a notebook: its own folder (tutorials/)
 OUT = Path(os.environ.get("MINIDNI_TUTORIAL_OUT") or HERE / "out")
 OUT.mkdir(parents=True, exist_ok=True)
 T_START = time.perf_counter()
+FIGURES = ["07_complete_unlock.png"]  # what it writes into OUT (tests check)
 
 N_PER_CLASS = 100 if TINY else 1000  # training points per spiral arm (3 arms)
 N_TEST_PER_CLASS = 50 if TINY else 300
@@ -74,7 +75,7 @@ print(f"{'tiny' if TINY else 'default'} size; figures go to {OUT}")
 # %% [markdown]
 # ## The problem and the numbering
 #
-# The same problem as tutorial 03: three spiral arms in the first 2 of $D_x = 16$ coordinates, Gaussian noise
+# The same problem as tutorial 06: three spiral arms in the first 2 of $D_x = 16$ coordinates, Gaussian noise
 # (std 0.5) in the other 14, so that a network whose lower blocks learn nothing stays near chance. The network is
 # FCN4, $16 \to 32 \to 32 \to 32 \to 3$, cDNI (linear label-conditioned modules).
 #
@@ -432,7 +433,7 @@ axes[1].set_title("synthetic-input regression loss (training)")
 axes[2].set_title("synthetic input vs the real activation")
 
 fig.tight_layout()
-figure = OUT / "04_complete_unlock.png"
+figure = OUT / FIGURES[0]
 fig.savefig(figure, dpi=100)
 if "ipykernel" in sys.modules:
     plt.show()
@@ -467,4 +468,4 @@ else:
     assert final["cdni+unlock"].max() < 15.0, f"complete unlock should train: {final['cdni+unlock']}"
     assert final["nobprop"].min() > 30.0, f"the hidden blocks must have to learn on this problem: {final['nobprop']}"
     assert final["cdni+unlock"].mean() < final["nobprop"].mean() / 3, "the unlocked blocks should have learnt"
-print(f"tutorial 04 finished in {time.perf_counter() - T_START:.1f}s")
+print(f"tutorial 07 finished in {time.perf_counter() - T_START:.1f}s")
