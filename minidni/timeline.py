@@ -24,8 +24,8 @@ from the same events (`plot_timeline`):
                all the way down; under DNI it waits only for its neighbour.
 
 What this module deliberately is not: a profiler (durations are whatever the sequential run took, Python
-overhead included), and not parallel. Blocks that really run in separate workers record into a timeline of
-their own, with real concurrency.
+overhead included), and not parallel. Events carry wall-clock times, so blocks that ran in separate workers would
+show real concurrency in the recorded picture; the trainers here run every block in one process.
 """
 
 import contextlib
