@@ -17,6 +17,7 @@ import os
 
 from .experiments import PAPER_TABLE1, PAPER_VERIFIED
 from .plots import plot_alignment, plot_runs
+from .train import read_metrics
 
 
 def read_run(run_dir):
@@ -28,8 +29,7 @@ def read_run(run_dir):
     try:
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)["config"]
-        with open(metrics_path, encoding="utf-8") as f:
-            metrics = [json.loads(line) for line in f if line.strip()]
+        metrics = read_metrics(run_dir)
     except (ValueError, KeyError) as err:
         raise ValueError(f"{run_dir}: config.json or metrics.jsonl is not what minidni.train writes ({err})") from err
     if not metrics:

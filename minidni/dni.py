@@ -33,7 +33,7 @@ attach a minidni.timeline.Timeline (`record_timeline`): every block's forward, s
 update and module regression is recorded with its time and the other blocks' work it waited for.
 """
 
-import contextlib
+import functools
 import math
 
 import numpy as np
@@ -54,6 +54,23 @@ class DivergenceError(RuntimeError):
     """Training produced a non-finite or exploding value; the message names where."""
 
 
+def _recorded(kind):
+    """Record the decorated block method's work as an event of `kind` on the block's timeline, if one is attached
+    (minidni.timeline; a timeline records only inside a training step). Without one it is a plain call."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def recorded(self, *args, **kwargs):
+            if self.timeline is None:
+                return method(self, *args, **kwargs)
+            with self.timeline.event(self.index, kind):
+                return method(self, *args, **kwargs)
+
+        return recorded
+
+    return decorate
+
+
 class DecoupledBlock:
     """A stack of layers f_i plus the synthetic-gradient module M_{i+1} that predicts dL/dh_i for its output."""
 
@@ -65,21 +82,17 @@ class DecoupledBlock:
         self.clip = clip  # optional: rescale synthetic gradients whose norm exceeds this
         self.timeline = None  # a minidni.timeline.Timeline recording this block's work, or None
 
-    def _event(self, kind):
-        """Record the work inside the `with` on the timeline (if one is attached) as this block's `kind`."""
-        return contextlib.nullcontext() if self.timeline is None else self.timeline.event(self.index, kind)
-
     # -- the block's explicit steps -------------------------------------------------------------------------
 
+    @_recorded("forward")
     def forward(self, x, train=True):
         """x: (B, D_in) -> h: (B, D_out) and the block's cache; for a conv block (B, C_in, H, W) -> (B, C, H', W')."""
-        with self._event("forward") if train else contextlib.nullcontext():
-            return self.layers.forward(x, train)
+        return self.layers.forward(x, train)
 
+    @_recorded("synthetic")
     def synthetic_gradient(self, h, labels=None):
         """dh_syn = M_{i+1}(h [, y]): (B, D_out), checked for divergence. Returns (dh_syn, sg_cache, ||dh_syn||)."""
-        with self._event("synthetic"):
-            dh_syn, sg_cache = self.sg.predict(h, labels)
+        dh_syn, sg_cache = self.sg.predict(h, labels)
         norm = math.sqrt(float(xp().vdot(dh_syn.ravel(), dh_syn.ravel())))  # one BLAS pass; NaN/inf propagate
         if not math.isfinite(norm) or norm > self.max_norm:
             raise DivergenceError(
@@ -89,14 +102,14 @@ class DecoupledBlock:
             )
         return dh_syn, sg_cache, norm
 
+    @_recorded("backward")
     def backward(self, dh, cache, need_dx=True):
         """Pass a gradient dh (h's shape) down through the block: returns dx (x's shape), fills the block's grads."""
-        with self._event("backward"):
-            return self.layers.backward(dh, cache, need_dx=need_dx)
+        return self.layers.backward(dh, cache, need_dx=need_dx)
 
+    @_recorded("update")
     def update(self):
-        with self._event("update"):
-            self.layers.update()
+        self.layers.update()
 
     def synthetic_step(self, h, cache, labels=None, need_dx=True):
         """Update the block now from its synthetic gradient. Returns (dx, dh_syn, sg_cache): dx is delta_hat
@@ -110,10 +123,10 @@ class DecoupledBlock:
         self.update()
         return dx, dh_syn, sg_cache
 
+    @_recorded("sg_update")
     def sg_update(self, dh_syn, sg_cache, dh_target):
         """M_{i+1}'s own regression step towards dh_target; returns its loss."""
-        with self._event("sg_update"):
-            return self.sg.update(dh_syn, sg_cache, dh_target)
+        return self.sg.update(dh_syn, sg_cache, dh_target)
 
 
 def eval_logits(blocks, x, batch=1000):
