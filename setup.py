@@ -20,8 +20,12 @@ setup(
         "threadpoolctl>=3.1",  # reports BLAS library and thread count in run configs and benchmarks
     ],
     extras_require={
-        # NVRTC: the kernels compile in the tests as on a GPU; jupytext: the tests open every tutorial as a notebook
-        "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13,<14", "jupytext>=1.16"],
+        # NVRTC: the kernels compile in the tests as on a GPU; jupytext: the tests open every tutorial as a notebook;
+        # mpi4py + mpich: the tests run the distributed trainer on localhost MPI ranks
+        "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13,<14", "jupytext>=1.16", "mpi4py>=4", "mpich>=4"],
+        # blocks on MPI ranks (minidni.workers): mpi4py, the maintained Python binding, and MPICH from PyPI, whose
+        # wheel brings the MPI library and mpiexec, so no system MPI is needed
+        "mpi": ["mpi4py>=4", "mpich>=4"],
         "gpu": ["cupy-cuda13x"],
         "docs": [  # the documentation site: pip install -e '.[docs]', then see docs/README.md
             "sphinx>=7.4",  # builds the site; autodoc renders the API reference from the docstrings

@@ -80,6 +80,9 @@ def _fractions(s):
     return fracs
 
 
+EXPERIMENTS = ("table1", "stochastic", "unlock", "copy", "repeat_copy", "charlm", "multinet", "czarnecki", "staleness")
+
+
 def build_parser():
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m minidni", description="Synthetic gradients and DNI, from scratch.")
@@ -178,6 +181,41 @@ def build_parser():
     )
     t.add_argument("--sg-clip", type=_positive_float, default=None, help="clip synthetic gradients to this norm")
     t.add_argument(
+        "--split",
+        default=None,
+        help="fcnN: layers per block, comma-separated, summing to N, e.g. 3,5 (an fcn8 as two blocks)",
+    )
+    t.add_argument(
+        "--workers",
+        choices=("process", "thread"),
+        default=None,
+        help="run every block in a worker of its own on this machine (minidni.workers): one process or thread each",
+    )
+    t.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one MPI rank per block, started by mpiexec: mpiexec -n BLOCKS python -m minidni train --distributed",
+    )
+    t.add_argument(
+        "--delay",
+        type=_nonnegative_int,
+        default=None,
+        help="workers: each SG module learns from the target of the step DELAY steps back, waiting for it "
+        "(deterministic); default: asynchronous",
+    )
+    t.add_argument(
+        "--max-inflight",
+        type=_positive_int,
+        default=d.max_inflight,
+        help="asynchronous workers: a block waits when more targets than this are outstanding",
+    )
+    t.add_argument(
+        "--wait-timeout",
+        type=_positive_float,
+        default=d.wait_timeout,
+        help="workers: seconds a worker waits for a message before it stops the run with an error",
+    )
+    t.add_argument(
         "--sg-max-norm",
         type=_positive_float,
         default=d.sg_max_norm,
@@ -204,7 +242,8 @@ def build_parser():
         "czarnecki) and write its table and figure",
     )
     x.add_argument(
-        "name", choices=("table1", "stochastic", "unlock", "copy", "repeat_copy", "charlm", "multinet", "czarnecki")
+        "name",
+        choices=EXPERIMENTS,
     )
     x.add_argument(
         "--budget",
@@ -233,7 +272,15 @@ def build_parser():
     e.add_argument("checkpoint", help="path to a checkpoint.npz written by train")
     e.add_argument("--data-dir", default=None)
 
-    b = sub.add_parser("bench", help="steps/s, GFLOP/s and fraction of the matmul ceiling per training mode")
+    b = sub.add_parser(
+        "bench",
+        help="step: steps/s, GFLOP/s and fraction of the matmul ceiling per training mode; parallel: the speed-up "
+        "of blocks in parallel workers, predicted by the simulator and measured",
+    )
+    b.add_argument("what", nargs="?", choices=("step", "parallel"), default="step")
+    b.add_argument("--budget", choices=("smoke", "short", "full"), default="full", help="parallel: epochs of its runs")
+    b.add_argument("--out", default="runs/bench_parallel", help="parallel: where its runs and figures go")
+    b.add_argument("--seed", type=_nonnegative_int, default=0, help="parallel: the runs' seed")
     b.add_argument("--modes", default="bprop,dni,cdni", help="comma-separated: bprop, dni, cdni, dni_mlp")
     b.add_argument("--batch", type=_positive_int, default=256)
     b.add_argument("--steps", type=_positive_int, default=20, help="steps per timing")
@@ -275,10 +322,21 @@ def main(argv=None):
     from .checkpoint import CheckpointError
     from .data import DataError
     from .dni import DivergenceError
+    from .workers import WorkerError
 
     try:
         if args.command == "train":
             return _train(args, log)
+        if args.command == "experiment" and args.name == "staleness":  # budgets smoke and short; --seeds only
+            from .staleness import run as run_staleness
+
+            seeds = tuple(v.strip() for v in args.seeds.split(",") if v.strip())
+            if not seeds or not all(v.isdigit() for v in seeds):
+                parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
+            if args.budget not in ("smoke", "short") or args.models or args.truncations or args.modes:
+                parser.error("staleness takes --budget smoke|short, --seeds and --out only")
+            run_staleness(args.out, args.budget, tuple(dict.fromkeys(int(v) for v in seeds)), log=log)
+            return 0
         if args.command == "experiment" and args.name == "czarnecki":  # budgets smoke and short; --seeds only
             from .czarnecki import run as run_czarnecki
 
@@ -333,6 +391,11 @@ def main(argv=None):
             r = evaluate(args.checkpoint, log=log, data_dir=args.data_dir)
             print(f"test error {r['test_error_pct']:.2f}% on {r['test_rows']} rows (checkpoint at epoch {r['epoch']})")
             return 0
+        if args.command == "bench" and args.what == "parallel":
+            from .speedup import run as run_parallel
+
+            run_parallel(args.out, args.budget, args.seed, log=log)
+            return 0
         if args.command == "bench" and args.backend == "cupy":
             from .cuda.bench import run
 
@@ -383,12 +446,16 @@ def main(argv=None):
         DataError,
         DivergenceError,
         FileExistsError,
+        WorkerError,
         FileNotFoundError,
         ValueError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if getattr(args, "workers", None) or getattr(args, "distributed", False):
+            print("interrupted: a run in workers writes its results only at the end; start it again", file=sys.stderr)
+            return 130
         print("interrupted: the last completed epoch's checkpoint is intact; continue with --resume", file=sys.stderr)
         return 130
     return 2
@@ -402,7 +469,15 @@ def _train(args, log):
 
     fields = {f for f in TrainConfig.__dataclass_fields__}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if args.distributed:
+        if args.workers is not None:
+            raise ValueError("--distributed (MPI ranks) and --workers (on this machine) exclude each other")
+        cfg.workers = "mpi"
+    elif args.delay is not None and args.workers is None:
+        raise ValueError("--delay is for blocks in workers: add --workers process|thread or --distributed")
     metrics = train(cfg, resume=args.resume, log=log)
+    if not metrics:  # an MPI rank other than 0: rank 0 reports the run
+        return 0
     last = metrics[-1]
     print(
         f"final test error {last['test_error_pct']:.2f}% after {last['epoch']} epochs ({cfg.mode}, {cfg.model}); "

@@ -115,13 +115,14 @@ class DecoupledBlock:
         """Update the block now from its synthetic gradient. Returns (dx, dh_syn, sg_cache): dx is delta_hat
         pulled back through this block, which is the bootstrapped target of the SG module below."""
         dh_syn, sg_cache, norm = self.synthetic_gradient(h, labels)
-        dh_used = dh_syn
-        if self.clip is not None and norm > self.clip:
-            # the block gets a rescaled copy; the SG module still regresses its own, unclipped prediction
-            dh_used = dh_syn * (self.clip / norm)
-        dx = self.backward(dh_used, cache, need_dx=need_dx)  # uses the parameters of the forward pass
+        dx = self.backward(self.clipped(dh_syn, norm), cache, need_dx=need_dx)  # the forward pass's parameters
         self.update()
         return dx, dh_syn, sg_cache
+
+    def clipped(self, dh_syn, norm):
+        """The synthetic gradient the block uses: dh_syn, or a copy rescaled to norm `clip` if it is longer. The
+        SG module still regresses its own, unclipped prediction."""
+        return dh_syn * (self.clip / norm) if self.clip is not None and norm > self.clip else dh_syn
 
     @_recorded("sg_update")
     def sg_update(self, dh_syn, sg_cache, dh_target):
@@ -141,13 +142,17 @@ def eval_logits(blocks, x, batch=1000):
     return xp().concatenate(out, axis=0)
 
 
-def fcn_blocks(depth, d_in=784, hidden=256, n_classes=10, batchnorm=True, rng=None, dtype=DEFAULT_DTYPE):
+def fcn_blocks(depth, d_in=784, hidden=256, n_classes=10, batchnorm=True, rng=None, dtype=DEFAULT_DTYPE, split=None):
     """The paper's FCN as layer stacks: depth-1 hidden blocks Linear -> BN -> ReLU, and a Linear output.
 
-    "FCN 3" (depth=3) is 784 -> 256 -> 256 -> 10.
+    "FCN 3" (depth=3) is 784 -> 256 -> 256 -> 10. split (layers per block, summing to depth) groups consecutive
+    layers into fewer, bigger blocks: split=(3, 5) makes an FCN 8 of two blocks, the first of 3 hidden layers,
+    the second of 4 hidden layers and the output layer. One SG module then sits between the two, and each block
+    is one worker's share of the work (minidni.workers). The weights are the same as without the split.
     """
     if depth < 2:
         raise ValueError(f"an FCN needs depth >= 2 (one hidden block and the output layer), got {depth}")
+    check_split(split, depth)
     rng = np.random.default_rng(0) if rng is None else rng
     stacks, width = [], d_in
     for _ in range(depth - 1):
@@ -158,7 +163,30 @@ def fcn_blocks(depth, d_in=784, hidden=256, n_classes=10, batchnorm=True, rng=No
         stacks.append(Sequential(*layers))
         width = hidden
     stacks.append(Sequential(Linear(width, n_classes, init="xavier", rng=rng, dtype=dtype)))
-    return stacks
+    if split is None:
+        return stacks
+    grouped, first = [], 0
+    for n in split:  # consecutive layers, block by block
+        grouped.append(Sequential(*[layer for stack in stacks[first : first + n] for layer in stack.layers]))
+        first += n
+    return grouped
+
+
+def one_linear_per_block(net):
+    """True if every block of net holds exactly one linear layer: no split (the form the fused kernels implement)."""
+    return all(sum(isinstance(layer, Linear) for layer in b.layers.layers) == 1 for b in net.blocks)
+
+
+def check_split(split, depth):
+    """split: None (one layer per block) or layers per block, each >= 1, summing to depth, at least 2 blocks."""
+    if split is None:
+        return
+    ok = isinstance(split, (tuple, list)) and all(isinstance(n, int) and not isinstance(n, bool) for n in split)
+    if not ok or len(split) < 2 or min(split) < 1 or sum(split) != depth:
+        raise ValueError(
+            f"split must give the layers of each block (>= 2 blocks of >= 1 layer) summing to the depth {depth}, "
+            f"e.g. (2, {depth - 2}); got {split!r}"
+        )
 
 
 def cnn_blocks(
@@ -480,6 +508,7 @@ def build_network(
     unlock=False,
     input_hidden=1024,
     input_lr=None,
+    split=None,
 ):
     """A classifier of `depth` layers trained in `mode`, with optimisers attached.
 
@@ -491,6 +520,7 @@ def build_network(
     p_update < 1: stochastic updates (minidni.stochastic): each block updates after a forward pass with
     probability p_update. unlock=True: complete unlock (minidni.unlock): a synthetic-input MLP (one hidden layer
     of input_hidden units, learning rate input_lr, default lr) for every block after the first.
+    split (fcn only): layers per block, e.g. (3, 5) for two blocks of an FCN 8 (fcn_blocks).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -500,8 +530,10 @@ def build_network(
         raise ValueError(f"unknown sg {sg!r}; expected 'auto', 'linear' or 'mlp'")
     stochastic.check_p_update(p_update)
     rng = np.random.default_rng(seed)
+    if split is not None and arch != "fcn":
+        raise ValueError("split (layers per block) is implemented for FCNs only (arch='fcn')")
     if arch == "fcn":
-        stacks = fcn_blocks(depth, d_in, hidden, n_classes, batchnorm, rng, dtype)
+        stacks = fcn_blocks(depth, d_in, hidden, n_classes, batchnorm, rng, dtype, split)
     else:
         if in_shape is None or len(in_shape) != 3:
             raise ValueError(f"a CNN needs in_shape = (channels, height, width), got {in_shape!r}")
@@ -527,8 +559,8 @@ def build_network(
         stack.set_optimizer(lambda p: make_optimizer(optimizer, p, lr, momentum))
     inputs = None
     if unlock:
-        if arch != "fcn":
-            raise ValueError("complete unlock (synthetic inputs) is implemented for FCNs only (arch='fcn')")
+        if arch != "fcn" or split is not None:
+            raise ValueError("complete unlock (synthetic inputs) is implemented for FCNs of one layer per block only")
         inputs = unlock_module.make_synthetic_inputs(d_in, [hidden] * (depth - 1), (input_hidden,), rng, dtype)
         for m in inputs:
             m.set_optimizer(lambda p: make_optimizer(optimizer, p, input_lr or lr, momentum))

@@ -126,19 +126,20 @@ class Timeline:
                              f"{err}") from err  # fmt: skip
 
 
-def earliest_schedule(events):
+def earliest_schedule(events, latency=0.0):
     """Every event started as early as its dependencies allow, one worker per block.
 
     Events are taken in recorded order (a sequential run records them in an order that respects every
-    dependency). Event e starts at max(end of its block's previous event, end of every event in e.needs) and
-    lasts as long as it did in the recording. Returns new Events with the computed start and end.
+    dependency). Event e starts at max(end of its block's previous event, end of every event in e.needs +
+    latency) and lasts as long as it did in the recording; latency (seconds) is the time a result takes to
+    reach another worker. Returns new Events with the computed start and end.
     """
     end_of, worker_free, out = {}, {}, []
     for e in events:
         missing = [n for n in e.needs if n not in end_of]
         if missing:
             raise ValueError(f"event {e.id} needs events {missing} that come after it or are not in the list")
-        start = max([worker_free.get(e.block, 0.0)] + [end_of[n] for n in e.needs])
+        start = max([worker_free.get(e.block, 0.0)] + [end_of[n] + latency for n in e.needs])
         scheduled = Event(e.id, e.step, e.block, e.kind, start, start + e.duration, e.needs)
         end_of[e.id] = worker_free[e.block] = scheduled.end
         out.append(scheduled)
@@ -204,9 +205,11 @@ EARLIEST_NOTE = (
 )
 
 
-def plot_timeline(runs, path, title=None):
+def plot_timeline(runs, path, title=None, recorded="recorded in one process (the logical order)"):
     """Gantt charts of several recorded runs, e.g. {"bprop": events, "cdni": events}: per run, the recorded
-    order (left) and the earliest schedule with one worker per block (right), on shared time axes."""
+    order (left) and the earliest schedule with one worker per block (right), on shared time axes. recorded:
+    what the left panels show; a run in workers (minidni.workers) recorded real concurrency, and its earliest
+    schedule shows how close the workers came to what the dependencies allow."""
     from .plots import pyplot, save_figure
 
     if not runs:
@@ -217,7 +220,7 @@ def plot_timeline(runs, path, title=None):
     for row, (label, events) in enumerate(runs.items()):
         early = earliest_schedule(events)
         parallelism = total_work(events) / makespan(early)  # 1.0: no two blocks ever work at the same time
-        draw_timeline(axes[row, 0], events, f"{label}: recorded in one process (the logical order)", n_blocks)
+        draw_timeline(axes[row, 0], events, f"{label}: {recorded}", n_blocks)
         title_right = f"{label}: earliest schedule, {parallelism:.2f} blocks busy"
         draw_timeline(axes[row, 1], early, title_right, n_blocks)
     # the earliest schedules end early, so their right-hand side is free for the notes and the legend

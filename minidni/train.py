@@ -39,7 +39,7 @@ from .checkpoint import (
     save_checkpoint,
     write_jsonl,
 )
-from .dni import MODES, SG_TARGETS, build_network
+from .dni import MODES, SG_TARGETS, build_network, check_split, one_linear_per_block
 from .feedback import SIGNALS, FeedbackNetwork, build_feedback_network
 from .optim import StepSchedule
 from .plots import plot_learning_curves
@@ -101,6 +101,13 @@ class TrainConfig:
     data_dir: str = None  # data cache directory (default: $MINIDNI_DATA or ~/.cache/minidni)
     out: str = "runs/run"
     progress: bool = True  # show a progress bar
+    split: str = None  # fcnN: layers per block, e.g. "3,5": an FCN 8 as two blocks (None: one layer per block)
+    workers: str = None  # run every block in a worker of its own (minidni.workers): "process" or "thread" on this
+    #                      machine, "mpi" (--distributed) one MPI rank per block; None: one process, in order
+    delay: int = None  # workers: each SG module trains on the target of the step `delay` steps back, waiting for
+    #                    it (deterministic: the same numbers in every worker layout); None: asynchronous
+    max_inflight: int = 2  # asynchronous workers: a block waits when more than this many targets are outstanding
+    wait_timeout: float = 120.0  # workers: seconds any worker waits for a message before it gives up (no hangs)
     kernels: str = "auto"  # how the step runs: auto (fused CUDA kernels on a GPU for dni/cdni, else the engine's
     #                        own ops) | fused | unfused | emulator (the CUDA kernels on the CPU emulator: slow)
 
@@ -164,6 +171,15 @@ class TrainConfig:
             raise ValueError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
         if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if self.split is not None:
+            if arch != "fcn" or self.mode == "feedback" or self.unlock:
+                raise ValueError(f"split (layers per block) is for fcn models in bprop/nobprop/dni/cdni without "
+                                 f"unlock, got {self.model} {self.mode}{' unlock' if self.unlock else ''}")  # fmt: skip
+            check_split(parse_split(self.split), parse_model(self.model)[1])
+        if self.workers is not None:
+            from .workers import check_config
+
+            check_config(self)
         return self
 
 
@@ -190,6 +206,16 @@ def parse_model(model):
             f"model must be 'fcnN' or 'cnnN' with N >= 2 (e.g. fcn3 = 2 hidden blocks + output), got {model!r}"
         )
     return model[:3], int(model[3:])
+
+
+def parse_split(split):
+    """'3,5' -> (3, 5); None -> None. Each entry must be an integer (check_split checks the rest)."""
+    if split is None:
+        return None
+    parts = [p.strip() for p in str(split).split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"split must be layers per block as comma-separated integers, e.g. '3,5', got {split!r}")
+    return tuple(int(p) for p in parts)
 
 
 def depth(model):
@@ -255,6 +281,7 @@ def build_from_config(cfg, in_shape, n_classes):
         unlock=cfg.unlock,
         input_hidden=cfg.input_hidden,
         input_lr=cfg.input_lr,
+        split=parse_split(cfg.split),
         mode=cfg.mode,
         sg=cfg.sg,
         d_in=int(np.prod(in_shape)),
@@ -293,6 +320,7 @@ def attach_kernels(net, choice):
             and net.gate is None
             and net.inputs is None
             and net.blocks[0].layers.layers[0].params["W"].ndim == 2  # the kernels are for FCNs
+            and one_linear_per_block(net)  # ... of one linear layer per block (no --split)
         )
         if backend_name() != "cupy" or not has_fused_form:
             return "unfused"
@@ -407,6 +435,14 @@ def _check_resumable(cfg, meta):
 def train(cfg, resume=False, log=print, data=None):
     """Train as configured; returns the list of per-epoch metrics. `data` (the tuple of load_data) skips loading."""
     cfg.validate()
+    if cfg.workers is not None:  # every block in a worker of its own: a trainer of its own
+        from .workers import train_in_workers
+
+        if resume:
+            raise CheckpointError(
+                "a run in workers cannot be resumed; start it again (it writes its results at the end)"
+            )
+        return train_in_workers(cfg, log=log, data=data)
     out = cfg.out
     ckpt_path = os.path.join(out, CHECKPOINT)
     if not resume and (os.path.exists(ckpt_path) or os.path.exists(os.path.join(out, METRICS))):
