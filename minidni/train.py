@@ -53,7 +53,8 @@ CURVES = "curves.png"
 TIMELINE = "timeline"  # --timeline N: timeline.json (the events) and timeline.png (their Gantt chart)
 
 # configuration fields that may change when a run is resumed; everything else must match the checkpoint
-RESUMABLE_CHANGES = ("epochs", "out", "progress", "data_dir", "kernels", "timeline")
+# (max_inflight and wait_timeout are read only by a run in workers, which cannot be resumed)
+RESUMABLE_CHANGES = ("epochs", "out", "progress", "data_dir", "kernels", "timeline", "max_inflight", "wait_timeout")
 KERNELS = ("auto", "fused", "unfused", "emulator")
 TRAIN_MODES = MODES + ("feedback",)  # feedback: minidni.feedback's per-block error signals (bp, fa, dfa, sg)
 N_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "spirals": 3}

@@ -575,22 +575,18 @@ def train_in_workers(cfg, log=print, data=None):
         if comm.Get_rank() != 0:
             log = lambda _msg: None  # noqa: E731  (rank 0 speaks for the run)
     root = comm is None or comm.Get_rank() == 0
-    if root and (
-        os.path.exists(os.path.join(cfg.out, T.CHECKPOINT)) or os.path.exists(os.path.join(cfg.out, T.METRICS))
-    ):
-        raise FileExistsError(f"{cfg.out} already holds a run (checkpoint or metrics); choose another --out")
+    plan = error = None
     if root:
-        data = data if data is not None else T.load_data(cfg, log)
-        x_tr = data[0]
-        n_batches = x_tr.shape[0] // cfg.batch
-        plan = {
-            "in_shape": tuple(int(d) for d in x_tr.shape[1:]),
-            "n_classes": T.N_CLASSES[cfg.data],
-            "n_batches": n_batches,
-            "milestones": [max(1, round(f * cfg.epochs * n_batches)) for f in cfg.lr_decay_at],
-        }
-    if comm is not None:
-        plan = comm.bcast(plan if root else None, root=0)
+        try:
+            plan, data = _plan(cfg, data, log)
+        except Exception as err:
+            error = err
+    if comm is not None:  # every rank learns the plan, or that rank 0 could not make one (then all stop)
+        plan, failed = comm.bcast((plan, error is not None) if root else None, root=0)
+        if failed and not root:
+            raise SystemExit(1)  # rank 0 says why
+    if error is not None:
+        raise error
     net = T.build_from_config(cfg, plan["in_shape"], plan["n_classes"])
     n_blocks = len(net.blocks)
     if root:
@@ -612,6 +608,24 @@ def train_in_workers(cfg, log=print, data=None):
     if not root:
         return []
     return assemble(cfg, net, plan, results, data, log)
+
+
+def _plan(cfg, data, log):
+    """What every worker must agree on (shapes, steps per epoch, learning-rate milestones), and the data."""
+    from . import train as T
+
+    if os.path.exists(os.path.join(cfg.out, T.CHECKPOINT)) or os.path.exists(os.path.join(cfg.out, T.METRICS)):
+        raise FileExistsError(f"{cfg.out} already holds a run (checkpoint or metrics); choose another --out")
+    data = data if data is not None else T.load_data(cfg, log)
+    x_tr = data[0]
+    n_batches = x_tr.shape[0] // cfg.batch
+    plan = {
+        "in_shape": tuple(int(d) for d in x_tr.shape[1:]),
+        "n_classes": T.N_CLASSES[cfg.data],
+        "n_batches": n_batches,
+        "milestones": [max(1, round(f * cfg.epochs * n_batches)) for f in cfg.lr_decay_at],
+    }
+    return plan, data
 
 
 def _mpi_comm():

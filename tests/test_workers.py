@@ -373,3 +373,25 @@ def zombie(pid):
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+@needs_mpi
+def test_an_mpi_run_that_rank_0_cannot_start_stops_every_rank(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("")  # a run is already there: rank 0 refuses, the others must not wait
+    start = time.monotonic()
+    done = mpiexec(3, out, "--wait-timeout", "30", timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.count("already holds a run") == 1
+    assert time.monotonic() - start < 25  # not the ranks' wait timeout: they were told
+
+
+def test_a_split_network_runs_unfused_and_the_fused_step_refuses_it():
+    from minidni.cuda.fused import FusedDNIStep
+    from minidni.train import attach_kernels
+
+    net = build_network(depth=4, split=(2, 2), d_in=5, hidden=7, n_classes=3)
+    assert attach_kernels(net, "auto") == "unfused"
+    with pytest.raises(ValueError, match="a split network runs unfused"):
+        FusedDNIStep(net, kernels=None)
