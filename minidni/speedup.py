@@ -52,6 +52,7 @@ BUDGETS = {  # epochs of the real runs, and the training rows (0: all) - smoke i
     "short": {"epochs": 3, "train_subset": 0, "data": "mnist", "hidden": HIDDEN, "batch": 256, "repeats": 31},
     "full": {"epochs": 10, "train_subset": 0, "data": "mnist", "hidden": HIDDEN, "batch": 256, "repeats": 31},
 }
+RUNS = ("cdni_workers", "bprop_workers", "cdni_1process", "bprop_1process_2threads")  # its run directories
 TIMELINE_STEPS = 40  # the worker runs record their first steps, for the measured Gantt charts
 
 
@@ -220,6 +221,9 @@ def run(out, budget="full", seed=0, log=print):
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; expected one of {tuple(BUDGETS)}")
     b = BUDGETS[budget]
+    taken = [d for d in RUNS if os.path.exists(os.path.join(out, d))]
+    if taken:
+        raise FileExistsError(f"{out} already holds this benchmark's runs ({', '.join(taken)}); choose another --out")
     os.makedirs(out, exist_ok=True)
     common = dict(
         data=b["data"], model=MODEL, hidden=b["hidden"], split=SPLIT, epochs=b["epochs"], batch=b["batch"], seed=seed

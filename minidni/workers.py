@@ -12,14 +12,14 @@ The loop of hidden block i under DNI / cDNI, step t (block 0 reads its own batch
 
     receive (t, h_{i-1}, y) from below          # waits only for the block below
     h_i = f_i(h_{i-1});  send (t, h_i, y) up
-    dh_syn = M_{i+1}(h_i, y);  dx = f_i.backward(dh_syn);  f_i.update()   # no waiting for the blocks above
-    send (t, dx) down                           # the target of the module below
+    dh_syn = M_{i+1}(h_i, y);  dx = f_i.backward(dh_syn)                # no waiting for the blocks above
+    send (t, dx) down;  f_i.update()            # dx: the target of the module below, sent before the update
     M_{i+1} regresses onto the targets that came down, each on the h_i and y it was made for (its staleness
     is how many steps late that is), predicting again first if its weights have changed since
 
-The output block receives h, computes the loss and dx = dL/dh_{N-1}, updates and sends dx down: the only true
-gradient. Under locked backprop every hidden block instead waits for the gradient of step t before its backward,
-so at any moment one block works: the same worker layout, as the baseline.
+The output block receives h, computes the loss and dx = dL/dh of the block below, sends dx down (the only true
+gradient) and updates. Under locked backprop every hidden block instead waits for the gradient of step t before
+its backward, so at any moment one block works: the same worker layout, as the baseline.
 
 When does M_{i+1} learn from the target of step s? `delay` chooses:
 
@@ -547,7 +547,8 @@ def run_mpi(cfg, plan, n_blocks, comm, data):
         result = run_block(rank, cfg, link, plan, data if rank == 0 else None, comm.Barrier)
         return comm.gather(result, root=0)
     except Exception as err:
-        print(f"error: MPI rank {rank} (block {rank}) failed: {type(err).__name__}: {err}", flush=True)
+        message = f"error: MPI rank {rank} (block {rank}) failed: {type(err).__name__}: {err}"
+        print(message, file=sys.stderr, flush=True)
         comm.Abort(1)
         raise
 
@@ -719,9 +720,9 @@ def assemble(cfg, net, plan, results, data, log=print):
 
 
 def connect(events, mode):
-    """The workers' events as one timeline: sorted by start, timed from the first, numbered, and each given the other blocks' events
-    it read (forward: the block below's forward of the same step; locked backward and a module's regression:
-    the block above's backward of the step it used)."""
+    """The workers' events as one timeline: sorted by start, timed from the first, numbered, and each given the
+    other blocks' events it read (forward: the block below's forward of the same step; locked backward and a
+    module's regression: the block above's backward of the step it used)."""
     origin = min((e.start for e in events), default=0.0)
     events = sorted(events, key=lambda e: (e.start, e.block))
     index = {}
