@@ -45,6 +45,7 @@ from .simulate import (
     step_time,
 )
 from .timeline import Timeline, makespan, total_work
+from .workers import BLAS_ENV
 
 MODEL, HIDDEN, SPLIT = "fcn8", 512, "3,5"
 BUDGETS = {  # epochs of the real runs, and the training rows (0: all) - smoke is for the tests
@@ -124,7 +125,7 @@ def costs_in_subprocess(cfg, in_shape, n_classes, repeats):
 
     code = "import json, sys; from minidni.speedup import _costs_main; print(_costs_main(json.loads(sys.stdin.read())))"
     request = {"config": config_dict(cfg), "in_shape": list(in_shape), "n_classes": n_classes, "repeats": repeats}
-    env = {**os.environ, **{k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+    env = {**os.environ, **{k: "1" for k in BLAS_ENV}}
     done = subprocess.run(
         [sys.executable, "-c", code], input=json.dumps(request), capture_output=True, text=True, env=env, check=False
     )
@@ -192,7 +193,7 @@ def train_run(out, log, threads=1, **fields):
             args.append(f"--{k.replace('_', '-')}")
         elif v is not None and v is not False:
             args += [f"--{k.replace('_', '-')}", str(v)]
-    env = {**os.environ, **{k: str(threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+    env = {**os.environ, **{k: str(threads) for k in BLAS_ENV}}
     log(f"  $ {' '.join(args[1:])}  (BLAS threads: {threads})")
     done = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:

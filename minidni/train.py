@@ -392,6 +392,12 @@ def write_metrics(out, metrics):
     write_jsonl(os.path.join(out, METRICS), metrics)
 
 
+def lr_milestones(cfg, n_batches):
+    """The steps after which every learning rate is multiplied by cfg.lr_gamma: the fractions cfg.lr_decay_at
+    of a run of cfg.epochs epochs of n_batches steps (a run in workers uses the same ones)."""
+    return [max(1, round(f * cfg.epochs * n_batches)) for f in cfg.lr_decay_at]
+
+
 def _network_state(net, shuffle_rng, epoch, step, milestones, cfg):
     """The checkpoint: every array of the network, the optimisers' scalars, the schedule and the shuffling RNG."""
     meta = {
@@ -460,7 +466,7 @@ def train(cfg, resume=False, log=print, data=None):
     diag_x, diag_y = diag_x[: cfg.batch], diag_y[: cfg.batch]
 
     n_batches = x_tr.shape[0] // cfg.batch  # the last partial batch is dropped: every step sees `batch` rows
-    milestones = [max(1, round(f * cfg.epochs * n_batches)) for f in cfg.lr_decay_at]  # in steps
+    milestones = lr_milestones(cfg, n_batches)
 
     start_epoch, step, metrics = 0, 0, []
     if resume and not os.path.exists(ckpt_path) and os.path.exists(os.path.join(out, METRICS)):

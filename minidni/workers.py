@@ -624,7 +624,7 @@ def _plan(cfg, data, log):
         "in_shape": tuple(int(d) for d in x_tr.shape[1:]),
         "n_classes": T.N_CLASSES[cfg.data],
         "n_batches": n_batches,
-        "milestones": [max(1, round(f * cfg.epochs * n_batches)) for f in cfg.lr_decay_at],
+        "milestones": T.lr_milestones(cfg, n_batches),
     }
     return plan, data
 
@@ -690,17 +690,16 @@ def assemble(cfg, net, plan, results, data, log=print):
         log(T._summary(record))
     out = cfg.out
     T.write_metrics(out, metrics)
-    meta = {
-        "epoch": epochs,
-        "step": epochs * n_batches,
-        "lr_milestones": plan["milestones"],
-        "config": T.config_dict(cfg),
-        "optimizers": {k: v for r in results for k, v in r["optimizers"].items()},
-        "rng": results[0]["rng"],
-        "gate_rng": None,
-        "workers": {"seconds": wall, "samples_per_s": samples / wall, "blocks": len(results)},
-    }
-    save_checkpoint(os.path.join(out, T.CHECKPOINT), net.state_arrays(), meta)
+    # the checkpoint of a one-process run, from the workers' last state: their optimisers' step counts and
+    # learning rates, block 0's shuffling RNG; plus how fast the workers went
+    saved = {k: v for r in results for k, v in r["optimizers"].items()}
+    for name, opt in net.optimizers().items():
+        opt.t, opt.lr = saved[name]["t"], saved[name]["lr"]
+    shuffle_rng = np.random.default_rng()
+    shuffle_rng.bit_generator.state = results[0]["rng"]
+    arrays, meta = T._network_state(net, shuffle_rng, epochs, epochs * n_batches, plan["milestones"], cfg)
+    meta["workers"] = {"seconds": wall, "samples_per_s": samples / wall, "blocks": len(results)}
+    save_checkpoint(os.path.join(out, T.CHECKPOINT), arrays, meta)
     plot_learning_curves(metrics, os.path.join(out, T.CURVES), title=f"{cfg.model} {cfg.mode} in {cfg.workers} workers")
     if cfg.mode != "bprop":
         staleness = {r["block"]: r["staleness"] for r in results[:-1]}

@@ -17,7 +17,7 @@ import pytest
 from minidni.checkpoint import load_checkpoint
 from minidni.dni import build_network, check_split, fcn_blocks
 from minidni.optim import StepSchedule
-from minidni.train import TrainConfig, build_from_config, load_data, train
+from minidni.train import TrainConfig, build_from_config, load_data, lr_milestones, train
 from minidni.workers import WorkerError, connect, mpiexec_path
 
 TINY = dict(data="spirals", model="fcn4", hidden=16, epochs=2, batch=32, train_subset=320, progress=False)
@@ -63,7 +63,7 @@ def delayed_reference(cfg, delay):
     x, y = load_data(cfg, log=lambda *_: None)[:2]
     net = build_from_config(cfg, x.shape[1:], 3)
     n_batches = x.shape[0] // cfg.batch
-    schedule = StepSchedule([max(1, round(f * cfg.epochs * n_batches)) for f in cfg.lr_decay_at], cfg.lr_gamma)
+    schedule = StepSchedule(lr_milestones(cfg, n_batches), cfg.lr_gamma)
     shuffle = np.random.default_rng([cfg.seed, 1])
     pending = [{} for _ in net.hidden]  # per module: step -> (h, y, dh_syn, sg_cache, version, target)
     version = [0] * len(net.hidden)  # regression steps taken by each module
