@@ -2,6 +2,14 @@
 
 from setuptools import setup
 
+# Where PyPI has cupy-cuda13x wheels (14.2: manylinux x86_64 and aarch64, Windows x86-64). Elsewhere the test extra
+# leaves CuPy out and the tests that need it skip, saying so; the gpu extra has no marker, so that asking for a GPU
+# install where no wheel exists fails at install time instead of later.
+CUPY_WHEELS = (
+    '(sys_platform == "linux" and (platform_machine == "x86_64" or platform_machine == "aarch64"))'
+    ' or (sys_platform == "win32" and platform_machine == "AMD64")'
+)
+
 setup(
     name="minidni",
     version="0.1.0",
@@ -12,7 +20,7 @@ setup(
     packages=["minidni", "minidni.cuda", "minidni.kernels"],
     package_dir={"minidni": "minidni", "minidni.kernels": "kernels"},
     package_data={"minidni.kernels": ["*.cu", "*.cuh"], "minidni.cuda": ["emu/*.h", "emu/*.cpp"]},
-    python_requires=">=3.9",
+    python_requires=">=3.10",  # CuPy 14 (the gpu and test extras) needs 3.10
     install_requires=[
         "numpy>=1.24",
         "matplotlib>=3.6",  # learning-curve plots
@@ -20,13 +28,26 @@ setup(
         "threadpoolctl>=3.1",  # reports BLAS library and thread count in run configs and benchmarks
     ],
     extras_require={
-        # NVRTC: the kernels compile in the tests as on a GPU; jupytext: the tests open every tutorial as a notebook;
-        # mpi4py + mpich: the tests run the distributed trainer on localhost MPI ranks
-        "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13,<14", "jupytext>=1.16", "mpi4py>=4", "mpich>=4"],
+        # NVRTC: the kernels compile in the tests as on a GPU; CuPy: the tests check that minidni's copy of CuPy's
+        # compile options is CuPy's own, and compile through CuPy's NVRTC binding (no GPU needed; CuPy 14 requires
+        # numpy < 2.6), with the CUDA headers CuPy insists on finding (2.5 MB, the same wheel the gpu extra brings);
+        # jupytext: the tests open every tutorial as a notebook; mpi4py + mpich: the tests run the distributed
+        # trainer on localhost MPI ranks
+        "test": [
+            "pytest>=7",
+            "nvidia-cuda-nvrtc>=13,<14",
+            f"cupy-cuda13x>=14.2,<15; {CUPY_WHEELS}",
+            f"nvidia-cuda-runtime>=13,<14; {CUPY_WHEELS}",
+            "jupytext>=1.16",
+            "mpi4py>=4",
+            "mpich>=4",
+        ],
         # blocks on MPI ranks (minidni.workers): mpi4py, the maintained Python binding, and MPICH from PyPI, whose
         # wheel brings the MPI library and mpiexec, so no system MPI is needed
         "mpi": ["mpi4py>=4", "mpich>=4"],
-        "gpu": ["cupy-cuda13x"],
+        # CuPy for CUDA 13 with its [ctk] extra: the CUDA runtime, NVRTC, cuBLAS and the other libraries and headers
+        # CuPy loads come as wheels, so a machine needs only the NVIDIA driver (R580 or newer for CUDA 13)
+        "gpu": ["cupy-cuda13x[ctk]>=14.2,<15"],
         "docs": [  # the documentation site: pip install -e '.[docs]', then see docs/README.md
             "sphinx>=7.4",  # builds the site; autodoc renders the API reference from the docstrings
             "myst-parser>=3.0",  # the pages are Markdown (MyST): links, heading anchors, $math$, directives

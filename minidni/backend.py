@@ -59,6 +59,19 @@ def set_backend(name):
     return module
 
 
+def use_array_module(name, module):
+    """Make `module` the active array module under `name`, or put back what `active_module()` returned.
+
+    For minidni.cuda.cupy_standin, which runs the GPU path's Python on NumPy arrays held to CuPy's rules in the
+    tests and `python -m minidni doctor`. It is not a fallback: set_backend never picks a stand-in."""
+    _state["name"], _state["module"] = name, module
+
+
+def active_module():
+    """(name, module) of the active backend as set now (both None before first use), for use_array_module."""
+    return _state["name"], _state["module"]
+
+
 def backend_name():
     """The name of the active backend, resolving MINIDNI_BACKEND on first use."""
     if _state["name"] is None:

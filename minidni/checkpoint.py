@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from .backend import to_numpy
+from .backend import array_module, to_numpy
 
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
@@ -113,4 +113,4 @@ def restore_arrays(targets, saved, where="checkpoint"):
         value = saved[name]
         if value.shape != live.shape:
             raise CheckpointError(f"{where}: {name} has shape {value.shape}, the model expects {live.shape}")
-        live[...] = value
+        live[...] = array_module(live).asarray(value)  # uploaded first: CuPy refuses to assign a host array

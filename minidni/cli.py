@@ -10,6 +10,7 @@
     python -m minidni plot runs/bprop runs/cdni --out compare.png     (finished runs side by side)
     python -m minidni data mnist                                       (fetch and verify MNIST into the cache)
     python -m minidni data fashion-mnist | cifar10 [--archive PATH]
+    python -m minidni doctor                                           (is the GPU path sound here? PASS/FAIL)
 
 What this module deliberately is not: where anything is computed. Each command parses, validates, and calls
 minidni.train / minidni.experiments / minidni.bench / minidni.data.
@@ -86,7 +87,8 @@ EXPERIMENTS = ("table1", "stochastic", "unlock", "copy", "repeat_copy", "charlm"
 def build_parser():
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m minidni", description="Synthetic gradients and DNI, from scratch.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,experiment,evaluate,bench,kernels,data}")
+    commands = "{train,experiment,evaluate,bench,plot,doctor,kernels,data}"
+    sub = parser.add_subparsers(dest="command", required=True, metavar=commands)
 
     t = sub.add_parser("train", help="train a network and write metrics, plot and checkpoint to --out")
     t.add_argument("--data", choices=("mnist", "fashion-mnist", "cifar10", "spirals"), default=d.data)
@@ -300,6 +302,12 @@ def build_parser():
     pl.add_argument("--labels", default=None, help="comma-separated legend labels, one per run (default: mode model)")
     pl.add_argument("--title", default=None)
 
+    sub.add_parser(
+        "doctor",
+        help="check the GPU path on this machine: versions, kernels against their references, fused steps, a short "
+        "run, timings (on a GPU); without one, what can run on the CPU (exit status 1 if a check fails)",
+    )
+
     k = sub.add_parser("kernels", help="the CUDA kernels' registers, shared memory and spills, compiled by NVRTC")
     k.add_argument("what", choices=("report",))
 
@@ -402,6 +410,10 @@ def main(argv=None):
             widths = tuple(_positive_int(w) for w in args.widths.split(",") if w.strip())
             run("cupy", widths=widths, batch=args.batch, repeats=max(args.repeats, 20))
             return 0
+        if args.command == "doctor":
+            from .cuda.doctor import main as doctor
+
+            return doctor()
         if args.command == "kernels":
             from .cuda import nvrtc
             from .cuda.report import main as report

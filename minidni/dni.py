@@ -285,10 +285,11 @@ class Network:
         for block in self.blocks:
             block.timeline = timeline
 
-    def use_kernels(self, kernels, versions=None):
+    def use_kernels(self, kernels, versions=None, plan=None):
         """Run train_step through the fused CUDA kernels of minidni.cuda: `kernels` is a
         minidni.cuda.loader.Kernels (CuPy on a GPU, or the CPU emulator); None goes back to the engine's own
-        (unfused) step. Only DNI/cDNI steps with bootstrapped targets have a fused form."""
+        (unfused) step. Only DNI/cDNI steps with bootstrapped targets have a fused form. versions and plan choose
+        kernel versions, per operation or per operation and shape (minidni.cuda.fused.FusedDNIStep)."""
         if kernels is None:
             self.fused_step = None
             return
@@ -300,7 +301,7 @@ class Network:
             raise ValueError("stochastic updates and complete unlock have no fused form; use the engine's own step")
         from .cuda.fused import FusedDNIStep
 
-        self.fused_step = FusedDNIStep(self, kernels, versions)
+        self.fused_step = FusedDNIStep(self, kernels, versions, plan)
 
     @property
     def hidden(self):
@@ -312,20 +313,22 @@ class Network:
 
     # -- training steps ---------------------------------------------------------------------------------------
 
-    def train_step(self, x, labels):
+    def train_step(self, x, labels, labels_checked=False):
         """One step on a batch x: (B, D_in) rows or (B, C, H, W) images, labels: (B,).
 
         Returns {"loss": float, "sg_loss": [float per block]}; under stochastic updates also "updated" (the blocks
-        that updated; sg_loss None for modules that got no target), under complete unlock "input_loss"."""
+        that updated; sg_loss None for modules that got no target), under complete unlock "input_loss".
+        labels_checked=True: the caller has checked that the labels lie in [0, K) (the fused CUDA step then reads
+        nothing back for them; the engine's own step does not read them either way)."""
         self._check_batch(x, labels)
         if self.timeline is not None:
             with self.timeline.step():
-                return self._step(x, labels)
-        return self._step(x, labels)
+                return self._step(x, labels, labels_checked)
+        return self._step(x, labels, labels_checked)
 
-    def _step(self, x, labels):
+    def _step(self, x, labels, labels_checked=False):
         if self.fused_step is not None:
-            return self.fused_step(x, labels)
+            return self.fused_step(x, labels, labels_checked)
         if self.inputs is not None:
             return unlock_module.unlocked_step(self, x, labels)
         if self.gate is not None:

@@ -207,9 +207,10 @@ class FeedbackNetwork:
                                   f"(limit {self.max_norm:g})")  # fmt: skip
         return dh, sg_loss
 
-    def train_step(self, x, labels):
+    def train_step(self, x, labels, labels_checked=False):
         """One locked step on x (B, D_in), labels (B,). Returns {"loss": float, "sg_loss": [float or None per
-        hidden block]} (None for the blocks whose signal learns nothing)."""
+        hidden block]} (None for the blocks whose signal learns nothing). labels_checked: as Network.train_step's
+        (this step has no fused form, so it changes nothing here)."""
         self._check_batch(x, labels)
         n = len(self.signals)
         hs, caches = self._forward(x)

@@ -151,7 +151,11 @@ def batchnorm_backward(dy, cache, dgamma=None, dbeta=None):
     xp = array_module(dy)
     B = dy.shape[0]
     dbeta = xp.sum(dy, axis=0, out=dbeta)  # (D,)
-    dgamma = xp.einsum("bd,bd->d", dy, xhat, out=dgamma)  # (D,)
+    sum_dy_xhat = xp.einsum("bd,bd->d", dy, xhat)  # (D,); no out=: CuPy's einsum takes only dtype and optimize
+    if dgamma is None:
+        dgamma = sum_dy_xhat
+    else:
+        dgamma[...] = sum_dy_xhat  # a view into the layer's flat gradient buffer: written in place
     dx = xhat * (dgamma * (1 / B))  # (B, D)
     dx += dbeta * (1 / B)
     xp.subtract(dy, dx, out=dx)
@@ -437,7 +441,7 @@ def softmax_cross_entropy(logits, labels):
     log_likelihood = shifted[rows, labels] - xp.log(sumexp[:, 0])  # (B,)
     loss = -log_likelihood.mean()
     p /= sumexp  # softmax
-    p[rows, labels] -= 1
+    p[rows, labels] -= 1  # cupy: rows = arange(B) names every (row, label) pair once: no repeated positions
     p /= B
     return loss, p
 

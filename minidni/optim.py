@@ -52,7 +52,7 @@ class Optimizer:
         self.t = int(state["t"])
         self.lr = float(state["lr"])
         for name, arr in self.state_arrays().items():
-            arr[...] = state["arrays"][name]
+            arr[...] = array_module(arr).asarray(state["arrays"][name])  # CuPy refuses to assign a host array
 
 
 class SGD(Optimizer):

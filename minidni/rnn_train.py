@@ -327,7 +327,8 @@ def train_charlm(cfg, resume=False, log=print, corpus=None):
     if resume and os.path.exists(ckpt):
         meta = _restore(ckpt, trainer)
         update, seconds, best, bad_evals = meta["update"], meta["seconds"], meta["best"], meta["bad_evals"]
-        trainer.s = None if meta["state"] is None else xp().asarray(np.array(meta["state"], dtype=DEFAULT_DTYPE))
+        state = meta["state"]  # nested lists from the checkpoint's JSON metadata: on the host
+        trainer.s = None if state is None else xp().asarray(np.array(state, dtype=DEFAULT_DTYPE))  # cupy: host list
         log(f"resumed at update {update} (best validation BPC {best:.3f})")
     metrics = [m for m in metrics if m["update"] <= update and not m.get("final")]  # the final record is redone too
 

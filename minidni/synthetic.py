@@ -30,15 +30,15 @@ the trainer's business (minidni.dni); here it is just an argument.
 import numpy as np
 
 from . import functional as F
-from .backend import DEFAULT_DTYPE, xp
+from .backend import DEFAULT_DTYPE, array_module
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear, ReLU, Sequential
 
 
 def one_hot(labels, n_classes, dtype=DEFAULT_DTYPE):
-    """labels: (B,) integers -> (B, K) one-hot rows."""
-    backend = xp()
+    """labels: (B,) integers -> (B, K) one-hot rows, on the labels' device."""
+    backend = array_module(labels)
     out = backend.zeros((labels.shape[0], n_classes), dtype=dtype)
-    out[backend.arange(labels.shape[0]), labels] = 1
+    out[backend.arange(labels.shape[0]), labels] = 1  # one scalar per (row, label) position: repeats are harmless
     return out
 
 
@@ -112,8 +112,8 @@ class SyntheticGradient:
             return h
         if labels is None:
             raise ValueError("a label-conditioned (cDNI) synthetic-gradient module needs the labels")
-        backend = xp()
-        context = one_hot(labels, self.n_classes, h.dtype)  # (B, K)
+        backend = array_module(h)
+        context = one_hot(backend.asarray(labels), self.n_classes, h.dtype)  # (B, K), on h's device
         if h.ndim == 4:  # one constant map per class: (B, K) -> (B, K, H, W), a broadcast view until concatenated
             context = backend.broadcast_to(context[:, :, None, None], context.shape + h.shape[2:])
         return backend.concatenate([h, context], axis=1)

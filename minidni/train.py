@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from . import __version__
-from .backend import backend_name, xp
+from .backend import array_module, backend_name, to_numpy, xp
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -252,6 +252,17 @@ def load_data(cfg, log=print):
     return tuple(backend.asarray(a) for a in (x_tr, y_tr, x_val, y_val, x_test, y_test))
 
 
+def check_labels(label_sets, n_classes):
+    """Every label of every set in [0, n_classes), or ValueError. The whole data set is checked once, before
+    training, so that the fused CUDA step need not read labels back from the GPU on every batch (a kernel given an
+    out-of-range label reads out of bounds; CuPy's own indexing wraps it around without an error)."""
+    for y in label_sets:
+        if y.shape[0]:
+            lo, hi = (int(v) for v in to_numpy(array_module(y).stack((y.min(), y.max()))))  # one read per set
+            if lo < 0 or hi >= n_classes:
+                raise ValueError(f"labels must be in [0, {n_classes}), got values in [{lo}, {hi}]")
+
+
 def build_from_config(cfg, in_shape, n_classes):
     """The network of cfg for inputs of shape in_shape: (D,) rows for an FCN, (C, H, W) images for a CNN."""
     arch, n_layers = parse_model(cfg.model)
@@ -304,16 +315,20 @@ def build_from_config(cfg, in_shape, n_classes):
     )
 
 
-def attach_kernels(net, choice):
-    """Route net's training step through the CUDA kernels (minidni.cuda) or not; returns what was chosen.
+def attach_kernels(net, choice, batch=None, log=print):
+    """Route net's training step through the CUDA kernels (minidni.cuda) or not; returns (what was chosen, record).
 
     auto: the fused kernels on a GPU (CuPy backend) for the steps that have a fused form (dni/cdni with
-    bootstrapped targets), the engine's own array ops otherwise. The results are the same step either way, to
-    float32 rounding; the kernels are there for speed. 'emulator' runs the kernels on the CPU emulator: a way to
-    watch them train without a GPU, ~35x slower than NumPy (~47 s against ~1.3 s per MNIST FCN3 epoch, 2 cores).
+    bootstrapped targets), each operation at each of the run's shapes by the kernel or by the array library's own
+    ops, whichever this GPU runs faster (minidni.cuda.autotune, measured once per GPU and cached; needs `batch`);
+    the engine's own array ops otherwise. The results are the same step either way, to float32 rounding; the
+    kernels are there for speed. 'fused' runs every kernel regardless. 'emulator' runs the kernels on the CPU
+    emulator: a way to watch them train without a GPU, ~35x slower than NumPy (~47 s against ~1.3 s per MNIST
+    FCN3 epoch, 2 cores). The record is None, or for auto on a GPU the plan with its timings (for config.json).
     """
     if choice == "unfused" or isinstance(net, FeedbackNetwork):
-        return "unfused"
+        return "unfused", None
+    tune = False
     if choice == "auto":
         has_fused_form = (
             net.mode in ("dni", "cdni")
@@ -324,8 +339,8 @@ def attach_kernels(net, choice):
             and one_linear_per_block(net)  # ... of one linear layer per block (no --split)
         )
         if backend_name() != "cupy" or not has_fused_form:
-            return "unfused"
-        choice = "fused"
+            return "unfused", None
+        choice, tune = "fused", True
     if choice == "fused" and backend_name() != "cupy":
         raise ValueError(
             "--kernels fused runs the CUDA kernels on a GPU: select --backend cupy "
@@ -335,8 +350,16 @@ def attach_kernels(net, choice):
         raise ValueError("--kernels emulator runs the kernels on NumPy arrays: select --backend numpy")
     from .cuda.loader import get_kernels
 
-    net.use_kernels(get_kernels("cupy" if choice == "fused" else "emulator"))  # ValueError if no fused form
-    return choice
+    kernels = get_kernels("cupy" if choice == "fused" else "emulator")
+    net.use_kernels(kernels)  # ValueError if no fused form
+    if not tune:
+        return choice, None
+    from .cuda.autotune import plan_for
+
+    plan, record = plan_for(net.fused_step, batch, kernels, log=log)
+    net.use_kernels(kernels, plan=plan)
+    kept = sum(v != "unfused" for v in plan.values())
+    return f"auto ({kept} of {len(plan)} operations by their kernel, the rest unfused)", record
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -457,8 +480,10 @@ def train(cfg, resume=False, log=print, data=None):
             f"{out} already holds a run (checkpoint or metrics); pass --resume to continue it or choose another --out"
         )
     x_tr, y_tr, x_val, y_val, x_te, y_te = data if data is not None else load_data(cfg, log)
+    check_labels((y_tr, y_val, y_te), N_CLASSES[cfg.data])  # once per run, so that no step needs to
     net = build_from_config(cfg, x_tr.shape[1:], N_CLASSES[cfg.data])
-    log(f"training step: {attach_kernels(net, cfg.kernels)} ({backend_name()} backend)")
+    chosen, kernel_record = attach_kernels(net, cfg.kernels, cfg.batch, log)
+    log(f"training step: {chosen} ({backend_name()} backend)")
     shuffle_rng = np.random.default_rng([cfg.seed, 1])  # separate from the init RNG, saved in checkpoints
     # the held-out batch for --diagnostics: validation rows if there are enough, and of the training batch size,
     # because a gradient of a batch-mean loss scales with 1/B
@@ -491,9 +516,10 @@ def train(cfg, resume=False, log=print, data=None):
         log(f"resuming {out} from epoch {start_epoch} (step {step})")
     schedule = StepSchedule(milestones, cfg.lr_gamma)
     after_step = _timeline_recorder(net, cfg, step) if cfg.timeline else None
-    atomic_write(
-        os.path.join(out, CONFIG), json.dumps({"config": config_dict(cfg), "environment": environment()}, indent=2)
-    )
+    run_info = {"config": config_dict(cfg), "environment": environment()}
+    if kernel_record is not None:  # --kernels auto on a GPU: which operations run by kernel, and why
+        run_info["kernels"] = kernel_record
+    atomic_write(os.path.join(out, CONFIG), json.dumps(run_info, indent=2))
 
     log(
         f"training {cfg.model} ({cfg.mode}{', sg=' + cfg.sg if cfg.mode in ('dni', 'cdni') else ''}"
@@ -555,7 +581,7 @@ def _train_epoch(net, x, y, shuffle_rng, schedule, step, batch, bar, after_step=
             factor = schedule.factor(step)
             net.set_lr_factor(factor)
         idx = perm[b * batch : (b + 1) * batch]
-        result = net.train_step(x[idx], y[idx])  # (batch, D_in), (batch,)
+        result = net.train_step(x[idx], y[idx], labels_checked=True)  # (batch, D_in), (batch,): see check_labels
         step += 1
         if after_step is not None:
             after_step()

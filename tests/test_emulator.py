@@ -573,3 +573,38 @@ def test_address_sanitizer_reports_an_out_of_bounds_read():
     assert "heap-buffer-overflow" in result.stderr
     assert f"oob.cu:{line_of(OOB, 'one past the end')}" in result.stderr
     assert "no error reported" not in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The build cache is keyed on every included header: an edited header is rebuilt, never served stale
+
+SCALED = r"""
+#include "scale.cuh"
+extern "C" __global__ void scale_copy(const float* x, float* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = SCALE * x[i];
+}
+"""
+
+
+def test_an_edited_header_rebuilds_the_module(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIDNI_EMU_CACHE", str(tmp_path / "cache"))
+    include = tmp_path / "include"
+    include.mkdir()
+    (include / "scale.cuh").write_text('#include "factor.cuh"\n#define SCALE FACTOR\n')
+    x = np.arange(5, dtype=np.float32)
+
+    def run():
+        module = EmulatedModule(code=SCALED, options=(f"-I{include}",), name="scaled")
+        y = np.zeros_like(x)
+        module.get_function("scale_copy")((1,), (32,), (x, y, np.int32(5)))
+        return module, y
+
+    (include / "factor.cuh").write_text("#define FACTOR 2.0f\n")  # included by scale.cuh, not by the source
+    first, y = run()
+    np.testing.assert_array_equal(y, 2 * x)
+    (include / "factor.cuh").write_text("#define FACTOR 3.0f\n")
+    second, y = run()
+    assert second.library_path != first.library_path
+    np.testing.assert_array_equal(y, 3 * x)
+    assert [p.name for p in second._headers()] == ["scale.cuh", "factor.cuh"]

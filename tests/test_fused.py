@@ -138,6 +138,36 @@ def test_gpu_fused_step_equals_engine_step_and_trains(tmp_path):
         set_backend("numpy")
 
 
+@pytest.mark.skipif(not gpu_available(), reason="needs a GPU (cupy.is_available())")
+@pytest.mark.parametrize("mode", ["dni", "cdni"])
+def test_gpu_fused_step_at_the_real_shape(mode):
+    """On a real GPU, the paper's FCN 3 (batch 256, 784 -> 256 -> 256 -> 10): one fused step from the engine's state
+    equals the engine's CuPy step, every array within 1e-4 of its largest value; and it reads back once."""
+    import cupy
+
+    from minidni.backend import set_backend
+
+    set_backend("cupy")
+    try:
+        engine = build_network(depth=3, mode=mode, seed=0)
+        for opt in engine.optimizers().values():
+            opt.eps = 1e-3  # see _engine
+        rng = np.random.default_rng(0)
+        batches = [(cupy.asarray(rng.standard_normal((256, 784)).astype(np.float32)),
+                    cupy.asarray(rng.integers(0, 10, 256).astype(np.int32))) for _ in range(4)]  # fmt: skip
+        for x, y in batches[:3]:
+            engine.train_step(x, y)
+        fused = copy.deepcopy(engine)
+        fused.use_kernels(Kernels("cupy"))
+        engine.train_step(*batches[3])
+        fused.train_step(*batches[3], labels_checked=True)
+        for k, a in engine.state_arrays().items():
+            a, b = a.get(), fused.state_arrays()[k].get()
+            assert np.abs(b - a).max() <= 1e-4 * max(np.abs(a).max(), 1e-30), k
+    finally:
+        set_backend("numpy")
+
+
 class _CountingKernels:
     """A Kernels stand-in that counts launches, by kernel name, on the way to the emulator."""
 
@@ -167,3 +197,114 @@ def test_the_on_paper_launch_count_is_what_the_fused_step_launches():
     for op in (o for o in paper if o["kernel"]):  # each kernel the paper names is launched (kernel names: op names)
         name = op["op"].split(": ")[1].split(" ")[0]
         assert any(launched.startswith(name) for launched in counting.launches), name
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one device-to-host read per step, counted on the CuPy stand-in (NumPy arrays behind CuPy's rules, every host
+# conversion counted: float, int, bool, item, tolist, get, asnumpy)
+
+cupy_standin = pytest.importorskip("minidni.cuda.cupy_standin")
+
+
+@pytest.fixture
+def standin():
+    pytest.importorskip("cupy", reason="the stand-in reads the installed CuPy's API")
+    from minidni import backend
+
+    saved = backend.active_module()
+    xp = cupy_standin.CupyStandin()
+    with xp.active():
+        yield xp
+    backend.use_array_module(*saved)
+
+
+def _standin_pair(case, standin):
+    """The engine's fused step on the emulator with NumPy arrays, and the same on stand-in device arrays."""
+    from minidni import backend
+
+    backend.use_array_module("numpy", np)
+    _, numpy_fused = _pair(case)
+    backend.use_array_module("cupy", standin)
+    device = _engine(case)
+    for k, v in numpy_fused.state_arrays().items():  # the same state, uploaded
+        device.state_arrays()[k][...] = standin.asarray(v)
+    for name, opt in device.optimizers().items():
+        opt.t, opt.lr = numpy_fused.optimizers()[name].t, numpy_fused.optimizers()[name].lr
+    device.use_kernels(cupy_standin.standin_kernels(standin))
+    return numpy_fused, device
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_fused_step_reads_back_once(case, standin):
+    from minidni import backend
+
+    numpy_fused, device = _standin_pair(case, standin)
+    for x, y in _batches(2):
+        backend.use_array_module("numpy", np)
+        want = numpy_fused.train_step(x, y)
+        backend.use_array_module("cupy", standin)
+        with standin.counting() as reads:
+            got = device.train_step(standin.asarray(x), standin.asarray(y), labels_checked=True)
+        assert [r.kind for r in reads] == ["get"], [str(r) for r in reads]
+        assert got == want  # the same numbers as with NumPy arrays: the stand-in changes no arithmetic
+    for k, v in numpy_fused.state_arrays().items():
+        np.testing.assert_array_equal(device.state_arrays()[k].get(), v, err_msg=k)
+
+
+def test_labels_are_checked_on_the_host_or_in_one_extra_read(standin):
+    _, device = _standin_pair("cdni-linear-adam", standin)
+    x, y = _batches(1)[0]
+    with standin.counting() as reads:
+        device.train_step(standin.asarray(x), y)  # host labels: checked there, then uploaded
+    assert len(reads) == 1
+    with standin.counting() as reads:
+        device.train_step(standin.asarray(x), standin.asarray(y))  # device labels nobody checked: one more read
+    assert len(reads) == 2
+    for labels in (np.full(11, 5), standin.asarray(np.full(11, -1))):
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 5\)"):
+            device.train_step(standin.asarray(x), labels)
+
+
+def test_a_stray_host_read_in_the_fused_step_is_counted(standin, monkeypatch):
+    """The count is able to fail: a float() planted in the step shows up as a second read, named by its line."""
+    from minidni.cuda import fused
+
+    _, device = _standin_pair("cdni-linear-adam", standin)
+    original = fused.FusedDNIStep._predict
+
+    def predict_and_peek(self, i, u, h, labels, stats):
+        dh_syn, delta = original(self, i, u, h, labels, stats)
+        float(stats[i])  # the stray read: a sync per block on a GPU
+        return dh_syn, delta
+
+    monkeypatch.setattr(fused.FusedDNIStep, "_predict", predict_and_peek)
+    x, y = _batches(1)[0]
+    with standin.counting() as reads:
+        device.train_step(standin.asarray(x), standin.asarray(y), labels_checked=True)
+    assert [r.kind for r in reads] == ["float", "float", "get"]
+    assert "test_fused.py" in reads[0].where
+
+
+def test_a_diverged_fused_step_leaves_no_checkpoint_with_its_values(tmp_path, monkeypatch):
+    """The fused step sees a divergence only at the end of the step, after its updates: the run must stop before
+    anything is written, so the checkpoint on disk is the last epoch's, finite."""
+    from minidni.checkpoint import load_checkpoint
+    from minidni.cuda import fused
+    from minidni.train import TrainConfig, train
+
+    original, calls = fused.FusedDNIStep.__call__, []
+
+    def step(self, x, labels, labels_checked=False):
+        calls.append(1)
+        if len(calls) == 6:  # in epoch 2 (4 steps per epoch): a module starts predicting an enormous gradient
+            self.net.hidden[1].sg.net.layers[-1].params["b"][...] = 1e6
+        return original(self, x, labels, labels_checked)
+
+    monkeypatch.setattr(fused.FusedDNIStep, "__call__", step)
+    cfg = TrainConfig(data="spirals", model="fcn3", mode="cdni", hidden=8, epochs=3, batch=32, train_subset=128,
+                      test_subset=64, kernels="emulator", progress=False, out=str(tmp_path / "run"))  # fmt: skip
+    with pytest.raises(DivergenceError, match="block 1 diverged.*updates were applied"):
+        train(cfg, log=lambda m: None)
+    arrays, meta = load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))
+    assert meta["epoch"] == 1
+    assert all(np.isfinite(a).all() for a in arrays.values())

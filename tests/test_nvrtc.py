@@ -178,7 +178,7 @@ def test_ptx_target_and_in_memory_headers():
     source = '#include "scale.cuh"\nextern "C" __global__ void scale_forward_v1(float* y) { y[0] = scale(y[0]); }\n'
     result = nvrtc.compile(source, name="scale.cu", arch="compute_75", headers=headers)
     assert result.kind == "ptx" and ".target sm_75" in result.code.decode()
-    assert result.options[:4] == ("--std=c++17", "-ftz=true", "--device-as-default-execution-space", "-arch=compute_75")
+    assert result.options == nvrtc.cupy_options((), "compute_75")  # CuPy's list, checked in tests/test_cupy_compile.py
 
 
 def test_resource_table_rows_and_markdown():
@@ -201,3 +201,58 @@ def test_a_broken_override_is_not_silently_ignored(monkeypatch):
     monkeypatch.setenv("MINIDNI_NVRTC", "/nonexistent/libnvrtc.so.13")
     with pytest.raises(nvrtc.NvrtcNotFound, match="MINIDNI_NVRTC=/nonexistent"):
         nvrtc.version()
+
+
+# --- CuPy's option list, modelled (tests/test_cupy_compile.py checks the model against CuPy's own code) -------
+
+NO_CUPY_PATHS = ((), ())  # cupy_options' include paths, left out so these tests need no CuPy
+
+
+def test_cupy_options_come_in_cupys_order():
+    includes = (("-I/cupy/include/cupy/_cccl/cub",), ("-I/cupy/include", "-I/cuda/include"))
+    options = nvrtc.cupy_options(["-I/kernels"], "sm_90", nvrtc_version=(13, 0), environ={}, includes=includes)
+    assert options == (
+        "-I/cupy/include/cupy/_cccl/cub",  # CuPy's bundled CCCL, searched first
+        "-I/kernels",  # the caller's options
+        "--std=c++17",
+        "-I/cupy/include",
+        "-I/cuda/include",
+        "-ftz=true",
+        "-arch=sm_90",
+        "--device-as-default-execution-space",
+    )
+
+
+def test_cupy_options_follow_cupys_environment_variables():
+    def options(environ, nvrtc_version=(13, 0), caller=()):
+        return nvrtc.cupy_options(caller, "sm_80", nvrtc_version=nvrtc_version, environ=environ, includes=NO_CUPY_PATHS)
+
+    assert options({})[-1] == "--device-as-default-execution-space"  # no --pch unless asked for
+    assert options({nvrtc.ENV_PCH: "1"})[-1] == "--pch"
+    assert "--pch" not in options({nvrtc.ENV_PCH: "1"}, nvrtc_version=(12, 6))  # NVRTC before 12.8 has none
+    assert "--pch" not in options({nvrtc.ENV_PCH: "yes"})  # CuPy reads anything but an integer 1 as off
+    debug = options({nvrtc.ENV_DEBUG: "1"})
+    after_ftz = debug[debug.index("-ftz=true") :]
+    assert after_ftz[:4] == ("-ftz=true", "--device-debug", "--generate-line-info", "-arch=sm_80")
+    assert "--std=c++17" not in options({}, caller=["--std=c++20"])  # the caller's standard wins
+
+
+def test_cupy_arch_clamps_to_nvrtc_and_honours_ptx():
+    assert nvrtc.cupy_arch("90", (13, 0), {}) == "sm_90"
+    assert nvrtc.cupy_arch("130", (13, 0), {}) == "sm_121"  # a GPU newer than NVRTC: its newest arch
+    assert nvrtc.cupy_arch("100", (12, 4), {}) == "sm_90"
+    assert nvrtc.cupy_arch("87", (12, 4), {}) == "sm_87"  # Jetson archs are never clamped
+    assert nvrtc.cupy_arch("75", (13, 0), {nvrtc.ENV_PTX: "1"}) == "compute_75"
+
+
+def test_compile_names_the_program_in_an_empty_folder(tmp_path, monkeypatch):
+    # NVRTC looks for a quoted include next to the program's name first, and a bare name means the current
+    # directory; like CuPy, compile() names the program inside a fresh temporary folder, so a stray header in the
+    # working directory cannot replace the one on the include path.
+    (tmp_path / "value.cuh").write_text("#define VALUE 1\n")
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "value.cuh").write_text("#define VALUE 2\n")
+    monkeypatch.chdir(tmp_path)
+    source = '#include "value.cuh"\nextern "C" __global__ void value_v1(int* y) { y[0] = VALUE; }\n'
+    ptx = nvrtc.compile(source, name="value.cu", arch="compute_75", include_dirs=[tmp_path / "inc"]).code.decode()
+    assert "mov.u32 \t%r1, 2;" in ptx

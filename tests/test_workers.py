@@ -392,6 +392,6 @@ def test_a_split_network_runs_unfused_and_the_fused_step_refuses_it():
     from minidni.train import attach_kernels
 
     net = build_network(depth=4, split=(2, 2), d_in=5, hidden=7, n_classes=3)
-    assert attach_kernels(net, "auto") == "unfused"
+    assert attach_kernels(net, "auto") == ("unfused", None)
     with pytest.raises(ValueError, match="a split network runs unfused"):
         FusedDNIStep(net, kernels=None)

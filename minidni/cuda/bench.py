@@ -1,18 +1,23 @@
-"""`python -m minidni bench --backend cupy`: every kernel version against the unfused CuPy path, on a GPU.
+"""`python -m minidni bench --backend cupy`: every kernel version against its unfused alternative, on a GPU.
 
 Two tables, as JSON lines:
 
-1. kernels - for each kernel and version, and for the unfused CuPy ops that compute the same thing (cuBLAS
-   matmuls + elementwise ops, as the engine does without kernels): time per call, GFLOP/s, GB/s, and the floor
-   that the GPU's memory bandwidth and peak FP32 rate set for that amount of work,
+1. kernels - for each kernel and version, and for the unfused alternative that computes the same thing with the
+   same arguments (the launcher's version="unfused": cuBLAS products + elementwise ops, minidni.cuda.unfused):
+   time per call, GFLOP/s, GB/s, and the floor that the GPU's memory bandwidth and peak FP32 rate set for that
+   amount of work,
        floor = max(bytes / bandwidth, flops / peak),
    where bytes and flops are the minimum the operation needs (each operand read once, each result written once).
    Shapes: the FCN3 MNIST step (batch 256, 784 -> 256 -> 256 -> 10, cDNI) and the same at a larger width.
-2. steps - the whole DNI/cDNI training step, fused (minidni.cuda.fused) against unfused (the engine's own ops
-   on CuPy arrays), as time per step and their ratio.
+   Times are device time alone (minidni.cuda.timing: the calls queue up behind a delay kernel, so the argument
+   checks and launch overhead of each Python call are not in them; a row marked host_bound could not be queued
+   fast enough, and its time includes the GPU waiting). Launchers get labels_checked=True, as in the fused step.
+2. steps - the whole DNI/cDNI training step, unfused (the engine's own ops on CuPy arrays), fused (every
+   operation by its kernel) and auto (each operation by kernel or unfused, as `--kernels auto` chooses on this
+   GPU), as time per step including the host (each step reads its losses back once), and the ratios.
 
 Peak bandwidth and FP32 rate are *nominal* (from the device's clocks, bus width and SM count); they are labelled
-so. Timings use CUDA events around `repeats` back-to-back calls after a warm-up.
+so.
 
 What this module deliberately is not: a test, or a CPU benchmark. On a machine without a GPU it says so and
 stops (with target="emulator" it runs the same code on the CPU emulator, which proves the harness works and
@@ -24,11 +29,11 @@ import time
 
 import numpy as np
 
-from .. import functional as F
 from ..optim import Adam
-from ..synthetic import one_hot
 from . import norm_ops, ops
+from .checks import UNFUSED
 from .loader import Kernels, get_kernels
+from .timing import DeviceTimer
 
 FP32 = 4  # bytes
 # FP32 lanes per SM by compute capability major.minor (CUDA programming guide, arithmetic instructions table)
@@ -69,28 +74,24 @@ def device_info():
     }
 
 
-class _Timer:
-    """Seconds per call of fn: CUDA events on a GPU, the wall clock on the emulator."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __call__(self, fn, repeats):
-        fn()  # warm-up: compilation, allocator, caches
-        if self.target != "cupy":
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            return (time.perf_counter() - t0) / repeats
-        import cupy
-
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
+def _step_seconds(target, fn, repeats):
+    """Seconds per whole training step, host included (a step reads its loss back once, so the device cannot run
+    ahead of the host): CUDA events around `repeats` steps on a GPU, the wall clock on the emulator."""
+    fn()  # warm-up: compilation, allocator, caches
+    if target != "cupy":
+        t0 = time.perf_counter()
         for _ in range(repeats):
             fn()
-        stop.record()
-        stop.synchronize()
-        return cupy.cuda.get_elapsed_time(start, stop) / 1e3 / repeats
+        return (time.perf_counter() - t0) / repeats
+    import cupy
+
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(repeats):
+        fn()
+    stop.record()
+    stop.synchronize()
+    return cupy.cuda.get_elapsed_time(start, stop) / 1e3 / repeats
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -118,41 +119,24 @@ def _cases(kernels, B, Din, D, K, rng):
 
     opt1, step1 = adam_for(W1)
     opt_sg, step_sg = adam_for(P_sg)
-    dW1, dP = xp.empty_like(W1), xp.empty_like(P_sg)
-    onehot = one_hot(labels, K, np.float32)
+    dW1 = xp.empty_like(W1)
     xhat, inv_std = norm_ops.bn_forward_train(kernels, dz, gamma, beta, rm, rv, 1)[1:]
     logits = arr(B, 10)
+    loss = xp.zeros(1, np.float32)  # sg_update adds each call's loss here
     S = 4  # Adam's M and V, each read and written once per parameter, besides P itself
-
-    def unfused_sg_predict():
-        inp = xp.concatenate([h, onehot], axis=1)
-        dh, _ = F.linear_forward(inp, P_sg[:-1], P_sg[-1])
-        return F.relu_backward(dh, h)
-
-    def unfused_layer_update():
-        F.linear_backward(dz, (x, W1), dW=dW1, need_dx=False, need_db=False)
-        opt1.step({"params": dW1.ravel()})
-
-    def unfused_sg_update():
-        _, dpred = F.mse(dz, target)
-        inp = xp.concatenate([h, onehot, xp.ones((B, 1), np.float32)], axis=1)
-        F.matmul(inp.T, dpred, out=dP)
-        opt_sg.step({"params": dP.ravel()})
 
     return [
         {
             "kernel": "linear_forward",
             "shape": f"{B}x{Din} @ {Din}x{D}",
             "fused": lambda v: ops.linear_forward(kernels, x, W1, 1, has_bias=False, version=v),
-            "unfused": lambda: F.relu_forward(F.linear_forward(x, W1)[0]),
             "flops": 2 * B * Din * D,
             "bytes": FP32 * (B * Din + Din * D + B * D),
         },
         {
             "kernel": "sg_predict",
             "shape": f"{B}x{D} @ {D}x{D} + C[y] (K={K})",
-            "fused": lambda v: ops.sg_predict(kernels, h, P_sg, labels, K, h, 1, version=v),
-            "unfused": unfused_sg_predict,
+            "fused": lambda v: ops.sg_predict(kernels, h, P_sg, labels, K, h, 1, version=v, labels_checked=True),
             "flops": 2 * B * D * D,
             "bytes": FP32 * (B * D + (D + K + 1) * D + 2 * B * D + B),
         },
@@ -160,15 +144,15 @@ def _cases(kernels, B, Din, D, K, rng):
             "kernel": "layer_update_adam",
             "shape": f"{Din}x{B} @ {B}x{D}",
             "fused": lambda v: ops.layer_update(kernels, x, dz, W1, False, step1, version=v),
-            "unfused": unfused_layer_update,
             "flops": 2 * B * Din * D + 10 * Din * D,
             "bytes": FP32 * (B * Din + B * D + (2 + S) * Din * D),
         },
         {
             "kernel": "sg_update_adam",
             "shape": f"{D + K + 1}x{B} @ {B}x{D}",
-            "fused": lambda v: ops.sg_update(kernels, h, labels, K, dz, target, 1.0, P_sg, step_sg, version=v),
-            "unfused": unfused_sg_update,
+            "fused": lambda v: ops.sg_update(
+                kernels, h, labels, K, dz, target, 1.0, P_sg, step_sg, version=v, labels_checked=True, loss=loss
+            ),
             "flops": 2 * B * (D + K + 1) * D + 10 * (D + K + 1) * D,
             "bytes": FP32 * (B * D + 2 * B * D + B + (2 + S) * (D + K + 1) * D),
         },
@@ -176,7 +160,6 @@ def _cases(kernels, B, Din, D, K, rng):
             "kernel": "bn_forward_train",
             "shape": f"{B}x{D}",
             "fused": lambda v: norm_ops.bn_forward_train(kernels, dz, gamma, beta, rm, rv, 1, version=v),
-            "unfused": lambda: F.relu_forward(F.batchnorm_forward_train(dz, gamma, beta)[0]),
             "flops": 10 * B * D,
             "bytes": FP32 * (B * D + 2 * B * D + 8 * D),
         },
@@ -184,7 +167,6 @@ def _cases(kernels, B, Din, D, K, rng):
             "kernel": "bn_backward",
             "shape": f"{B}x{D}",
             "fused": lambda v: norm_ops.bn_backward(kernels, dz, xhat, inv_std, gamma, version=v),
-            "unfused": lambda: F.batchnorm_backward(dz, (xhat, inv_std, gamma, None, None)),
             "flops": 8 * B * D,
             "bytes": FP32 * (3 * B * D + 4 * D),
         },
@@ -192,15 +174,13 @@ def _cases(kernels, B, Din, D, K, rng):
             "kernel": "optimizer_step",
             "shape": f"Adam on {Din * D} parameters",
             "fused": lambda v: ops.optimizer_step(kernels, W1.ravel(), dW1.ravel(), step1.flat(), version=v),
-            "unfused": lambda: opt1.step({"params": dW1.ravel()}),
             "flops": 10 * Din * D,
             "bytes": FP32 * 7 * Din * D,  # read P, g, M, V; write P, M, V
         },
         {
             "kernel": "softmax_xent",
             "shape": f"{B}x10",
-            "fused": lambda v: norm_ops.softmax_xent(kernels, logits, labels, version=v),
-            "unfused": lambda: F.softmax_cross_entropy(logits, labels),
+            "fused": lambda v: norm_ops.softmax_xent(kernels, logits, labels, version=v, labels_checked=True),
             "flops": 5 * B * 10,
             "bytes": FP32 * (2 * B * 10 + 2 * B),
         },
@@ -229,35 +209,44 @@ def _row(case, version, seconds, peaks):
 
 
 def bench_kernels(kernels, shapes, repeats, peaks=None, out=print, seed=0):
-    timer = _Timer(kernels.target)
+    """Every kernel version and its unfused alternative (the launcher's version="unfused", minidni.cuda.unfused:
+    the same contract in cuBLAS + elementwise ops), device time alone (minidni.cuda.timing)."""
+    timer = DeviceTimer(kernels)
     rows = []
     for B, Din, D, K in shapes:
         for case in _cases(kernels, B, Din, D, K, np.random.default_rng(seed)):
-            for v in _VERSIONS_OF[case["kernel"]]:
-                rows.append(_row(case, f"v{v}", timer(lambda case=case, v=v: case["fused"](v), repeats), peaks))
+            for v in (*_VERSIONS_OF[case["kernel"]], UNFUSED):
+                timing = timer(lambda case=case, v=v: case["fused"](v), repeats)
+                rows.append(_row(case, v if v == UNFUSED else f"v{v}", timing.seconds, peaks))
+                if timing.host_bound:
+                    rows[-1]["host_bound"] = True  # the GPU waited for the host: not device time alone
                 out(json.dumps(rows[-1]))
-            rows.append(_row(case, "unfused", timer(case["unfused"], repeats), peaks))
-            out(json.dumps(rows[-1]))
     return rows
 
 
-def bench_steps(kernels, widths, batch, repeats, modes=("cdni", "dni"), out=print, seed=0):
-    """Fused against unfused whole training steps, on random MNIST-shaped data."""
+def bench_steps(kernels, widths, batch, repeats, modes=("cdni", "dni"), out=print, seed=0, tune_log=None):
+    """Whole training steps on random MNIST-shaped data, host included: unfused (the engine's ops), fused (every
+    operation by its kernel) and auto (each operation by kernel or unfused, as `--kernels auto` chooses on this
+    device: minidni.cuda.autotune)."""
     from ..dni import build_network
+    from .autotune import plan_for
 
-    timer = _Timer(kernels.target)
     xp, rng, rows = kernels.xp, np.random.default_rng(seed), []
     x = xp.asarray(rng.standard_normal((batch, 784)).astype(np.float32))
-    y = xp.asarray(rng.integers(0, 10, batch))
+    y = xp.asarray(rng.integers(0, 10, batch).astype(np.int32))  # in range: the steps need not check them
     for width in widths:
         for mode in modes:
             sg = "linear" if mode == "cdni" else "mlp"
             times = {}
-            for path in ("unfused", "fused"):
+            for path in ("unfused", "fused", "auto"):
                 net = build_network(depth=3, mode=mode, sg=sg, hidden=width, seed=seed)
-                if path == "fused":
+                if path != "unfused":
                     net.use_kernels(kernels)
-                times[path] = timer(lambda net=net: net.train_step(x, y), repeats)
+                if path == "auto":
+                    plan, _ = plan_for(net.fused_step, batch, kernels, log=tune_log or (lambda m: None))
+                    net.use_kernels(kernels, plan=plan)
+                step = lambda net=net: net.train_step(x, y, labels_checked=True)  # noqa: E731
+                times[path] = _step_seconds(kernels.target, step, repeats)
             row = {
                 "table": "steps",
                 "mode": mode,
@@ -266,7 +255,9 @@ def bench_steps(kernels, widths, batch, repeats, modes=("cdni", "dni"), out=prin
                 "width": width,
                 "unfused_ms": round(times["unfused"] * 1e3, 3),
                 "fused_ms": round(times["fused"] * 1e3, 3),
+                "auto_ms": round(times["auto"] * 1e3, 3),
                 "speedup": round(times["unfused"] / times["fused"], 2),
+                "auto_speedup": round(times["unfused"] / times["auto"], 2),
             }
             rows.append(row)
             out(json.dumps(row))

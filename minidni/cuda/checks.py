@@ -49,10 +49,13 @@ def check_matrix(kernels, name, a, min_rows=1):
     return B, D
 
 
+UNFUSED = "unfused"  # every launcher's alternative to its kernel: the array library's own ops (cuda/unfused.py)
+
+
 def check_version(versions, op, version):
-    """`version` is one of `versions[op]` (a launcher's VERSIONS table)."""
-    if version not in versions[op]:
-        raise ValueError(f"{op} has versions {versions[op]}, got version={version!r}")
+    """`version` is one of `versions[op]` (a launcher's VERSIONS table) or UNFUSED."""
+    if version != UNFUSED and (isinstance(version, bool) or version not in versions[op]):
+        raise ValueError(f"{op} has versions {versions[op]} and {UNFUSED!r}, got version={version!r}")
 
 
 def ceil_div(a, b):

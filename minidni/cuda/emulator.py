@@ -11,7 +11,9 @@ How it works, in the order this module does it:
      reference to a per-launch buffer, and one small C++ trampoline per kernel is appended that unpacks CUDA-style
      arguments (`void** args`, args[i] pointing to the i-th value);
   2. compile it with the platform C++ compiler, `-include emu/runtime.h` (the CUDA vocabulary as C++), linked with
-     emu/fiber.cpp (the scheduler: one fiber per CUDA thread, blocks one after another), cached by content hash;
+     emu/fiber.cpp (the scheduler: one fiber per CUDA thread, blocks one after another), cached by a hash of
+     everything the compiler reads: the source, every header it includes (found along its -I folders), the
+     flags and the compiler's version - so an edited header rebuilds every kernel that includes it;
   3. check every launch's arguments against the kernel's parsed signature the way a GPU would need them - CuPy
      passes a Python int as int64 and a Python float as float64, which an `int` or `float` parameter silently
      misreads - then launch through ctypes.
@@ -41,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .loader import included_headers
 
 EMU_DIR = Path(__file__).resolve().parent / "emu"
 RUNTIME_HEADER = EMU_DIR / "runtime.h"
@@ -603,11 +607,19 @@ class EmulatedModule:
                     passed.append(option)
         return passed
 
+    def _headers(self):
+        """The files the source's `#include "..."` lines pull in, found along the -I folders as the compiler will
+        (it compiles a copy in an empty temporary folder, so the -I folders are where it looks)."""
+        include_dirs = [option[2:] for option in self._compiler_options() if option.startswith("-I")]
+        return included_headers(self.source, include_dirs)
+
     def _build(self):
         cxx = _find_compiler()
         runtime = _runtime_object(cxx)
         flags, extra = _flags(), self._compiler_options()
         key = ["module", _compiler_id(cxx), *flags, *extra, RUNTIME_HEADER.read_text(), str(runtime), self.source]
+        # the headers' text too: the source alone names a header but does not say what is in it
+        key += [f"{path}\n{path.read_text(encoding='utf-8')}" for path in self._headers()]
 
         def build(out):
             with tempfile.TemporaryDirectory() as tmp:

@@ -5,13 +5,20 @@
     f = kernels.function("sg_predict", "sg_predict_v3")
     f(grid, block, args, shared_mem=0)        # the same call shape on both
 
-Both targets compile the same file, unchanged on disk, with the kernels directory as the include path (so a
-kernel file can `#include "common.cuh"`). Modules are built once per (target, file) and cached.
+Both targets compile the same text, module_source(stem): the file exactly as on disk, after a first line that
+names every header it includes with a hash of that header's content, and the kernels directory as the include path
+(so a kernel file can `#include "common.cuh"`). That first line is what keeps compiled kernels from going stale:
+CuPy caches a compiled module under its source text and options (in ~/.cupy/kernel_cache, across processes), and
+an `#include` is not part of the text, so without the hashes an edited tiles.cuh would go on loading kernels
+compiled from the old one. source_fingerprint(stem) is the same idea as one hash, for other caches keyed on a
+kernel (an autotuner's, say). Within one process, modules are built once per (target, file) and kept.
 
 What this module deliberately is not: a kernel selector. Which version of a kernel to launch, with which grid,
 is the business of the code that launches it (minidni.cuda.ops).
 """
 
+import hashlib
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -19,8 +26,8 @@ import numpy as np
 
 TARGETS = ("cupy", "emulator")
 
-# CuPy's own defaults for RawModule are --std=c++17 and -ftz=true plus the arch; we only add the include path.
-# minidni.cuda.nvrtc compiles with the same options in the tests, so what passes there is what CuPy builds.
+# The options CuPy hands NVRTC are its own (minidni.cuda.nvrtc.cupy_options lists them); we add only the include
+# path. minidni.cuda.nvrtc compiles with that same list in the tests, so what passes there is what CuPy builds.
 
 
 def kernel_dir():
@@ -61,6 +68,70 @@ def include_options():
     return (f"-I{kernel_dir()}",)
 
 
+# --- what a kernel file includes, and hashes of all of it --------------------------------------------------------
+
+# A quoted include at the start of a line. Angle-bracket includes are toolchain headers (NVRTC's, the C++
+# library's): those change with the compiler, whose version the caches already key on.
+_QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"\n]+)"', re.MULTILINE)
+
+
+def included_headers(source, include_dirs):
+    """Every file the `#include "..."` lines of `source` pull in, recursively, each once, in the order first met.
+
+    Found as NVRTC and g++ find them: a header's own includes next to that header first, then along include_dirs
+    (the top-level source, compiled from a temporary folder by both, only along include_dirs). An include found in
+    none of them is skipped: the compiler will report it if it is missing, and it is not a file of ours to hash.
+    """
+    found, pending = [], [(source, None)]
+    while pending:
+        text, folder = pending.pop(0)
+        for name in _QUOTED_INCLUDE.findall(text):
+            for directory in ([folder] if folder else []) + [Path(d) for d in include_dirs]:
+                path = (directory / name).resolve()
+                if path.is_file():
+                    if path not in found:
+                        found.append(path)
+                        pending.append((path.read_text(encoding="utf-8"), path.parent))
+                    break
+    return found
+
+
+def _short_hash(text):
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def source_fingerprint(stem):
+    """A hash (hex sha256) of kernels/<stem>.cu and of every header it includes, directly or not.
+
+    Equal fingerprints mean the compiler sees the same source, so anything derived from compiling or timing the
+    kernel (a cached module, an autotuned launch configuration) can be reused; any edit to the file or to one of
+    its headers changes it.
+    """
+    digest = hashlib.sha256()
+    files = [kernel_dir() / f"{stem}.cu", *included_headers(kernel_source(stem), [kernel_dir()])]
+    for path in files:
+        digest.update(f"{path.name}\0{path.read_text(encoding='utf-8')}\0".encode())
+    return digest.hexdigest()
+
+
+def module_source(stem):
+    """The text that both targets compile for kernels/<stem>.cu:
+
+        // minidni kernel linear_forward.cu; headers: tiles.cuh@3f0c..., common.cuh@91be...
+        #line 1 "linear_forward.cu"
+        <the file exactly as on disk>
+
+    The first line makes every header part of the text that CuPy keys its cache on (see the module docstring);
+    the #line directive makes compiler messages and __LINE__ count lines of the file itself, and name it.
+    """
+    source = kernel_source(stem)
+    headers = ", ".join(
+        f"{path.name}@{_short_hash(path.read_text(encoding='utf-8'))}"
+        for path in included_headers(source, [kernel_dir()])
+    )
+    return f'// minidni kernel {stem}.cu; headers: {headers or "none"}\n#line 1 "{stem}.cu"\n{source}'
+
+
 class Kernels:
     """Built kernel modules for one target, and the array module their arguments come from."""
 
@@ -72,12 +143,12 @@ class Kernels:
             import cupy
 
             self.xp = cupy
-            self._build = lambda stem: cupy.RawModule(code=kernel_source(stem), options=include_options())
+            self._build = lambda stem: cupy.RawModule(code=module_source(stem), options=include_options())
         else:
             from .emulator import EmulatedModule
 
             self.xp = np
-            self._build = lambda stem: EmulatedModule(code=kernel_source(stem), options=include_options(), name=stem)
+            self._build = lambda stem: EmulatedModule(code=module_source(stem), options=include_options(), name=stem)
         self._modules, self._functions = {}, {}
 
     def module(self, stem):

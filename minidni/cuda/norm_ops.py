@@ -19,7 +19,9 @@ What this module deliberately is not: a layer. Caches and running statistics are
 
 import numpy as np
 
-from .checks import ceil_div, check_array, check_matrix, check_version
+from . import unfused
+from .checks import UNFUSED, ceil_div, check_array, check_matrix, check_version
+from .ops import check_labels
 from .reference import ACTS
 
 VERSIONS = {
@@ -60,6 +62,8 @@ def bn_forward_train(
     for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
         check_array(kernels, name, a, (D,))
     act = _act_code(act)
+    if version == UNFUSED:
+        return unfused.bn_forward_train(kernels, z, gamma, beta, running_mean, running_var, act, momentum, eps)
 
     xp = kernels.xp
     h = xp.empty((B, D), dtype=np.float32)  # (B, D)
@@ -93,6 +97,8 @@ def bn_backward(kernels, dy, xhat, inv_std, gamma, dgamma=None, dbeta=None, vers
         dbeta = xp.empty(D, dtype=np.float32)  # (D,)
     check_array(kernels, "dgamma", dgamma, (D,))
     check_array(kernels, "dbeta", dbeta, (D,))
+    if version == UNFUSED:
+        return unfused.bn_backward(kernels, dy, xhat, inv_std, gamma, dgamma, dbeta)
     dx = xp.empty((B, D), dtype=np.float32)  # (B, D)
     if version == 1:
         grid, block = (ceil_div(D, THREADS_PER_BLOCK),), (THREADS_PER_BLOCK,)
@@ -117,9 +123,9 @@ def softmax_xent(kernels, logits, labels, version=FASTEST["softmax_xent"], label
     B, K = check_matrix(kernels, "logits", logits, min_rows=1)
     check_array(kernels, "labels", labels, (B,), dtype=np.int32)
     if not labels_checked:
-        lo, hi = int(labels.min()), int(labels.max())  # on a GPU this waits for the labels
-        if lo < 0 or hi >= K:
-            raise ValueError(f"labels must lie in [0, {K}) for {K} classes, got values in [{lo}, {hi}]")
+        check_labels(labels, K)  # one read: on a GPU this waits for the labels
+    if version == UNFUSED:
+        return unfused.softmax_xent(kernels, logits, labels)
 
     xp = kernels.xp
     loss_rows = xp.empty(B, dtype=np.float32)  # (B,)

@@ -1,25 +1,33 @@
-"""NVRTC, the CUDA runtime compiler that CuPy uses, driven through ctypes so kernels can be compiled with no GPU.
+"""NVRTC, the CUDA runtime compiler that CuPy uses, called with exactly CuPy's options, so kernels compile with no GPU.
 
-On a GPU, CuPy hands each .cu file to NVRTC and loads the result. NVRTC itself needs no driver and no device, so
-calling it here with CuPy's options gives the same accept/reject verdict and the same ptxas resource report
-(registers, shared memory, spills) that a user's GPU would see. That makes it the compile gate for kernels/*.cu:
-nvcc is not, because it sees host headers (it accepts `INFINITY`, which NVRTC rejects).
+On a GPU, `cupy.RawModule(code=..., options=...)` hands the source to NVRTC together with a list of options that
+CuPy builds itself, and loads the result. NVRTC needs no driver and no device, so calling it here with that same
+list gives the same accept/reject verdict, the same cubin and the same ptxas resource report (registers, shared
+memory, spills) that a user's GPU would get. That makes it the compile gate for kernels/*.cu: nvcc is not, because
+it sees host headers (it accepts `INFINITY`, which NVRTC rejects).
+
+In the order of this file:
+  1. cupy_options(): the list CuPy 14.2 builds, step by step, each step named after the CuPy function it copies
+     (tests/test_cupy_compile.py runs the installed CuPy's own code and fails when the two differ);
+  2. two ways to the same library: CuPy's binding `cupy.cuda.nvrtc` (what CuPy itself calls, no device needed)
+     and plain ctypes on the `nvidia-cuda-nvrtc` wheel (`pip install "nvidia-cuda-nvrtc>=13,<14"`, or the path in
+     $MINIDNI_NVRTC), so that machines without CuPy still have the gate;
+  3. compile(), and the parser of ptxas' report.
 
 This module deliberately is not a loader or a launcher (see loader.py / the emulator): it returns bytes and a log,
-and it wraps only the handful of NVRTC calls needed for that. The library comes from the `nvidia-cuda-nvrtc`
-wheel (`pip install "nvidia-cuda-nvrtc>=13,<14"`), or from the path in $MINIDNI_NVRTC.
+and it wraps only the handful of NVRTC calls needed for that.
 """
 
 import ctypes
 import ctypes.util
+import functools
 import glob
+import importlib.util
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
-
-# CuPy's default options for RawModule; the -arch flag is added per target.
-CUPY_OPTIONS = ("--std=c++17", "-ftz=true", "--device-as-default-execution-space")
 
 
 class NvrtcNotFound(RuntimeError):
@@ -46,7 +54,150 @@ class CompileResult:
     options: tuple  # the exact options NVRTC was given
 
 
-# --- finding and loading the library -------------------------------------------------------------------------
+# --- 1. the options CuPy gives NVRTC ------------------------------------------------------------------------
+# cupy.RawModule(code=..., options=...) compiles on first use through this chain (CuPy 14.2):
+#   cupy/_core/raw.pyx     _get_raw_module: core.compile_with_cache(code, options, prepend_cupy_headers=False)
+#   cupy/_core/core.pyx    compile_with_cache: assemble_cupy_compiler_options(options) adds --std and include paths
+#   cupy/cuda/compiler.py  _compile_with_cache_cuda: appends -ftz=true (and the debug options), then
+#                          _compile_using_nvrtc_no_warning: appends -arch, --device-as-default-execution-space, --pch
+# Only the arch needs the device: everything else can be reproduced here, and is, in that order.
+
+CUPY_VERSION = "14.2"  # the CuPy release whose option list cupy_options() reproduces
+
+# The environment variables that change the list. CuPy reads the first two once, when cupy.cuda.compiler is imported,
+# and the third at every compile; here all three are read when called, which is the same in any process that does
+# not change them after importing CuPy.
+ENV_PTX = "CUPY_COMPILE_WITH_PTX"  # 1: -arch=compute_XX, PTX that the driver compiles, instead of an sm_XX cubin
+ENV_PCH = "CUPY_NVRTC_USE_PCH"  # 1: --pch, NVRTC's precompiled headers (NVRTC 12.8 and newer); off by default
+ENV_DEBUG = "CUPY_CUDA_COMPILE_WITH_DEBUG"  # 1: --device-debug --generate-line-info
+
+_TEGRA_ARCHS = ("32", "53", "62", "72", "87")  # Jetson boards: compiled for as they are, never clamped
+
+
+def _env_flag(environ, name):
+    """A 0/1 variable as CuPy reads it (compiler._get_bool_env_variable): on only when it is an integer equal to 1."""
+    value = environ.get(name)
+    if not value:
+        return False
+    try:
+        return int(value) == 1
+    except ValueError:
+        return False
+
+
+def max_compute_capability(nvrtc_version):
+    """The newest arch CuPy asks NVRTC for (compiler._get_max_compute_capability): "90" for NVRTC 12.0-12.7,
+    "120" for 12.8, "121" for 12.9 and 13.x."""
+    major, minor = nvrtc_version
+    if major == 12 and minor < 8:
+        return "90"
+    if (major, minor) == (12, 8):
+        return "120"
+    return "121"
+
+
+def cupy_arch(compute_capability, nvrtc_version=None, environ=None):
+    """The target CuPy compiles for on a GPU of this compute capability ("75", "90", ...): "sm_90" or "compute_90".
+
+    compiler._get_arch clamps the device's capability to the newest NVRTC knows; _get_arch_for_options_for_nvrtc
+    then asks for a cubin (sm_XX: machine code, no driver JIT) unless CUPY_COMPILE_WITH_PTX=1.
+    """
+    environ = os.environ if environ is None else environ
+    newest = max_compute_capability(nvrtc_version or version())
+    cc = str(compute_capability)
+    arch = cc if cc in _TEGRA_ARCHS else min(cc, newest, key=int)
+    if not _env_flag(environ, ENV_PTX) and int(arch) <= int(newest):
+        return f"sm_{arch}"
+    return f"compute_{arch}"
+
+
+@functools.cache  # the folders do not move while a process runs; looking them up costs a few milliseconds
+def cupy_include_options():
+    """The -I options CuPy adds around the caller's, as (before, after); empty where CuPy is not installed.
+
+    before: the CCCL (CUB, Thrust, libcu++) bundled with CuPy, put ahead of everything "so that it is searched
+    first"; after: CuPy's own headers and the CUDA headers that cuda.pathfinder finds (a toolkit, or the
+    nvidia-cuda-runtime wheel that CuPy's [ctk] extra installs). CuPy is located without importing it.
+    minidni's kernels include nothing from these folders, so leaving them out (no CuPy here) changes no output.
+    """
+    spec = importlib.util.find_spec("cupy")
+    if spec is None or not spec.submodule_search_locations:
+        return (), ()
+    # core._get_header_dir_path: the `include` folder next to cupy/_core/core.*.so
+    include = os.path.abspath(os.path.join(list(spec.submodule_search_locations)[0], "_core", "include"))
+    before = tuple(f"-I{include}/cupy/_cccl/{part}" for part in ("cub", "thrust", "libcudacxx"))
+    after = [f"-I{include}"]
+    try:
+        from cuda.pathfinder import find_nvidia_header_directory
+    except ImportError:  # CuPy requires cuda-pathfinder; without it CuPy itself would not import
+        return before, tuple(after)
+    cuda_headers = find_nvidia_header_directory("cudart")
+    if cuda_headers is not None:  # where it is None, CuPy refuses to compile ("Failed to find CUDA headers")
+        after.append(f"-I{cuda_headers}")
+    return before, tuple(after)
+
+
+def cupy_options(options=(), arch="sm_80", *, nvrtc_version=None, environ=None, includes=None):
+    """Every option CuPy 14.2 hands NVRTC for `cupy.RawModule(code=..., options=options)`, in CuPy's order.
+
+    arch is the target CuPy chose for the device (see cupy_arch). nvrtc_version defaults to the loaded NVRTC's,
+    environ to os.environ (for the CUPY_* variables above), includes to cupy_include_options().
+    """
+    environ = os.environ if environ is None else environ
+    before, after = cupy_include_options() if includes is None else includes
+    options = list(options)
+    # core.assemble_cupy_compiler_options
+    if not any("-std=" in o for o in options):  # CuPy's test; it also matches --std=
+        options.append("--std=c++17")
+    options = [*before, *options, *after]
+    # compiler._compile_with_cache_cuda
+    options.append("-ftz=true")  # flush denormal floats to zero, for every kernel CuPy compiles
+    if _env_flag(environ, ENV_DEBUG):
+        options += ["--device-debug", "--generate-line-info"]
+    # compiler._compile_using_nvrtc_no_warning
+    options.append(f"-arch={arch}")
+    options.append("--device-as-default-execution-space")  # functions without __device__ are device functions
+    major, minor = nvrtc_version or version()
+    if (major >= 13 or (major == 12 and minor >= 8)) and _env_flag(environ, ENV_PCH):
+        options.append("--pch")
+    return tuple(options)
+
+
+# --- 2a. the library through CuPy's binding ------------------------------------------------------------------
+
+
+def cupy_unavailable_reason():
+    """Why CuPy's NVRTC binding cannot be used here (CuPy not installed, or it does not import), or None."""
+    try:
+        from cupy.cuda import nvrtc as cupy_nvrtc  # imports cupy; no device is touched
+
+        cupy_nvrtc.getVersion()  # CuPy finds and loads libnvrtc itself
+    except Exception as e:  # an ImportError, CuPy failing on a NumPy it does not support, no libnvrtc
+        return f"CuPy's NVRTC is not usable here ({type(e).__name__}: {e}); pip install -e '.[test]' brings it"
+    return None
+
+
+def _compile_with_cupy(source, name, options, headers, kind):
+    from cupy.cuda import nvrtc as cupy_nvrtc
+
+    prog = cupy_nvrtc.createProgram(source, name, [h.encode() for h in headers.values()], [n.encode() for n in headers])
+    try:
+        try:
+            cupy_nvrtc.compileProgram(prog, options)
+        except cupy_nvrtc.NVRTCError as e:
+            log = cupy_nvrtc.getProgramLog(prog)
+            if e.status == 6:  # NVRTC_ERROR_COMPILATION: the source is wrong, so the log is the message
+                raise NvrtcCompileError(name, log, options) from None
+            raise NvrtcError(f"nvrtcCompileProgram({name}) failed: {e}\n{log}") from None
+        log = cupy_nvrtc.getProgramLog(prog)
+        # exactly the bytes CuPy loads; its getCUBIN drops the cubin's last byte, as if it were PTX's closing NUL
+        code = cupy_nvrtc.getCUBIN(prog) if kind == "cubin" else cupy_nvrtc.getPTX(prog)
+    finally:
+        cupy_nvrtc.destroyProgram(prog)
+    return code, log
+
+
+# --- 2b. the library through ctypes --------------------------------------------------------------------------
 
 
 def _candidates():
@@ -116,16 +267,6 @@ def _check(result, what):
         raise NvrtcError(f"{what} failed: {_load().nvrtcGetErrorString(result).decode()}")
 
 
-def version():
-    """NVRTC's (major, minor), e.g. (13, 0)."""
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    _check(_load().nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
-    return major.value, minor.value
-
-
-# --- compiling -----------------------------------------------------------------------------------------------
-
-
 def _strings(items):
     return (ctypes.c_char_p * len(items))(*[s.encode() for s in items])
 
@@ -138,21 +279,7 @@ def _read(lib, prog, size_fn, get_fn):
     return buf.raw
 
 
-def compile(source, name="kernel.cu", arch="sm_80", options=(), include_dirs=(), headers=None, report=False):
-    """Compile CUDA C++ source as CuPy would: `sm_XX` gives a cubin, `compute_XX` gives PTX.
-
-    include_dirs become -I options; headers maps include names to their text (in-memory headers).
-    report=True adds --ptxas-options=-v, which makes the log carry ptxas' resource report (cubin targets only:
-    for PTX, ptxas does not run). Raises NvrtcCompileError with NVRTC's log when the source does not compile.
-    """
-    if not re.fullmatch(r"(sm|compute)_\d+[af]?", arch):
-        raise ValueError(f"arch must look like sm_80 or compute_75, got {arch!r}")
-    kind = "cubin" if arch.startswith("sm_") else "ptx"
-    opts = [*CUPY_OPTIONS, f"-arch={arch}", *[f"-I{d}" for d in include_dirs], *options]
-    if report and kind == "cubin":
-        opts.append("--ptxas-options=-v")
-    headers = dict(headers or {})
-
+def _compile_with_ctypes(source, name, options, headers, kind):
     lib = _load()
     prog = ctypes.c_void_p()
     _check(
@@ -167,10 +294,10 @@ def compile(source, name="kernel.cu", arch="sm_80", options=(), include_dirs=(),
         "nvrtcCreateProgram",
     )
     try:
-        status = lib.nvrtcCompileProgram(prog, len(opts), _strings(opts))
+        status = lib.nvrtcCompileProgram(prog, len(options), _strings(options))
         log = _read(lib, prog, "nvrtcGetProgramLogSize", "nvrtcGetProgramLog").rstrip(b"\0").decode(errors="replace")
         if status == 6:  # NVRTC_ERROR_COMPILATION: the source is wrong, so the log is the message
-            raise NvrtcCompileError(name, log, opts)
+            raise NvrtcCompileError(name, log, options)
         if status != 0:  # e.g. an unknown option: NVRTC explains it in the log
             raise NvrtcError(f"nvrtcCompileProgram({name}) failed: {lib.nvrtcGetErrorString(status).decode()}\n{log}")
         if kind == "cubin":
@@ -179,7 +306,56 @@ def compile(source, name="kernel.cu", arch="sm_80", options=(), include_dirs=(),
             code = _read(lib, prog, "nvrtcGetPTXSize", "nvrtcGetPTX").rstrip(b"\0")
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    return CompileResult(code=code, kind=kind, log=log, options=tuple(opts))
+    return code, log
+
+
+# --- 3. compiling --------------------------------------------------------------------------------------------
+
+VIAS = ("ctypes", "cupy")
+
+
+def version(via="ctypes"):
+    """NVRTC's (major, minor), e.g. (13, 0), from the library that `via` reaches."""
+    if via == "cupy":
+        from cupy.cuda import nvrtc as cupy_nvrtc
+
+        return tuple(cupy_nvrtc.getVersion())
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    _check(_load().nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
+    return major.value, minor.value
+
+
+def compile(
+    source, name="kernel.cu", arch="sm_80", options=(), include_dirs=(), headers=None, report=False, via="ctypes"
+):
+    """Compile CUDA C++ source exactly as `cupy.RawModule(code=source, options=(-I<dir>..., *options))` would on a
+    GPU that CuPy compiles for `arch`: `sm_XX` gives a cubin, `compute_XX` gives PTX.
+
+    The options are cupy_options(...). report=True adds --ptxas-options=-v to the caller's options, which makes the
+    log carry ptxas' resource report (cubin targets only: for PTX, ptxas does not run). headers maps include names
+    to their text (in-memory headers). via: "ctypes" (the nvidia-cuda-nvrtc wheel) or "cupy" (CuPy's binding, the
+    calls CuPy makes; it returns the cubin that CuPy loads, one byte shorter). Raises NvrtcCompileError with NVRTC's
+    log when the source does not compile.
+    """
+    if not re.fullmatch(r"(sm|compute)_\d+[af]?", arch):
+        raise ValueError(f"arch must look like sm_80 or compute_75, got {arch!r}")
+    if via not in VIAS:
+        raise ValueError(f"via must be one of {VIAS}, got {via!r}")
+    kind = "cubin" if arch.startswith("sm_") else "ptx"
+    caller = [*(f"-I{d}" for d in include_dirs), *options]
+    if report and kind == "cubin":
+        caller.append("--ptxas-options=-v")
+    opts = list(cupy_options(caller, arch, nvrtc_version=version(via)))
+    compile_program = _compile_with_cupy if via == "cupy" else _compile_with_ctypes
+    # NVRTC looks for a quoted #include first in the folder of the program's name, and a bare name means the
+    # current directory. CuPy names the program after a file in a fresh temporary folder; so does this, so that a
+    # stray tiles.cuh wherever Python was started cannot shadow the kernels' own.
+    with tempfile.TemporaryDirectory(prefix="minidni-nvrtc-") as folder:
+        try:
+            code, log = compile_program(source, os.path.join(folder, name), opts, dict(headers or {}), kind)
+        except NvrtcCompileError as e:  # messages name the file as the caller does, without the temporary folder
+            raise NvrtcCompileError(name, e.log.replace(folder + os.sep, ""), opts) from None
+    return CompileResult(code=code, kind=kind, log=log.replace(folder + os.sep, ""), options=tuple(opts))
 
 
 # --- reading ptxas' resource report --------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import ceil_div, check_array, check_matrix, check_type, check_version
+from ..backend import array_module, to_numpy
+from . import unfused
+from .checks import UNFUSED, ceil_div, check_array, check_matrix, check_type, check_version
 
 VERSIONS = {
     "linear_forward": (1, 2, 3),
@@ -56,8 +58,11 @@ def _labels_arg(kernels, labels, B, n_classes, checked):
 
 
 def check_labels(labels, n_classes):
-    """labels in [0, n_classes), or ValueError. On a GPU this waits for the labels: check once per batch."""
-    lo, hi = int(labels.min()), int(labels.max())
+    """labels in [0, n_classes), or ValueError. For device labels this is one read back to the host, which waits
+    for the device: check labels on the host before upload where you can (minidni.train does, once per run)."""
+    if labels.size == 0:
+        return
+    lo, hi = (int(v) for v in to_numpy(array_module(labels).stack((labels.min(), labels.max()))))
     if lo < 0 or hi >= n_classes:
         raise ValueError(f"labels must be in [0, {n_classes}), got values in [{lo}, {hi}]")
 
@@ -101,6 +106,17 @@ def optimizer_step_of(opt, lo, hi, shape, name="params"):
     raise TypeError(f"no fused kernel for optimiser {type(opt).__name__}; expected SGD or Adam")
 
 
+def optimizer_step_of_kind(opt):
+    """"sgd" or "adam": the kind of OptimizerStep that optimizer_step_of builds for `opt`."""
+    from ..optim import SGD, Adam
+
+    if isinstance(opt, Adam):
+        return "adam"
+    if isinstance(opt, SGD):
+        return "sgd"
+    raise TypeError(f"no fused kernel for optimiser {type(opt).__name__}; expected SGD or Adam")
+
+
 def _check_step(kernels, step, shape):
     if step.kind not in ("sgd", "adam"):
         raise ValueError(f"unknown optimizer kind {step.kind!r}")
@@ -120,6 +136,8 @@ def linear_forward(kernels, x, P, act, has_bias=True, out=None, version=FASTEST[
     check_array(kernels, "P", P, (Din + int(has_bias), Dout))
     h = kernels.xp.empty((B, Dout), dtype=np.float32) if out is None else out
     check_array(kernels, "out", h, (B, Dout))
+    if version == UNFUSED:
+        return unfused.linear_forward(kernels, x, P, act, has_bias, out=h)
     grid, block = _gemm_geometry(version, B, Dout)
     kernels.function("linear_forward", f"linear_forward_v{version}")(
         grid, block, (x, P, h, np.int32(B), np.int32(Din), np.int32(Dout), np.int32(has_bias), np.int32(act))
@@ -139,6 +157,8 @@ def sg_predict(
     check_array(kernels, "P", P, (Du + K + 1, D))
     check_array(kernels, "h", h, (B, D))
     labels = _labels_arg(kernels, labels, B, K, labels_checked)
+    if version == UNFUSED:
+        return unfused.sg_predict(kernels, u, P, labels, K, h, act, inv_scale)
     dh_syn = kernels.xp.empty((B, D), dtype=np.float32)
     delta = kernels.xp.empty((B, D), dtype=np.float32)
     grid, block = _gemm_geometry(version, B, D)
@@ -171,6 +191,8 @@ def layer_update(kernels, x, delta, P, has_bias, step, version=FASTEST["layer_up
     check_array(kernels, "delta", delta, (B, Dout))
     check_array(kernels, "P", P, (Din + int(has_bias), Dout))
     _check_step(kernels, step, P.shape)
+    if version == UNFUSED:
+        return unfused.layer_update(kernels, x, delta, P, has_bias, step)
     grid, block = _gemm_geometry(version, P.shape[0], Dout)
     kernels.function("layer_update", f"layer_update_{step.kind}_v{version}")(
         grid, block, (x, delta, P, np.int32(B), np.int32(Din), np.int32(Dout), np.int32(has_bias), *step.args())
@@ -178,10 +200,22 @@ def layer_update(kernels, x, delta, P, has_bias, step, version=FASTEST["layer_up
 
 
 def sg_update(
-    kernels, u, labels, n_classes, dh_syn, dh_target, scale, P, step, version=FASTEST["sg_update"], labels_checked=False
+    kernels,
+    u,
+    labels,
+    n_classes,
+    dh_syn,
+    dh_target,
+    scale,
+    P,
+    step,
+    version=FASTEST["sg_update"],
+    labels_checked=False,
+    loss=None,
 ):
     """One regression step of the SG map P (Du + K + 1, D) towards dh_target, in place. Returns the SG loss
-    (1/B) sum ||dh_syn - dh_target||^2 as a one-element array (reading it is a device sync; callers batch that)."""
+    (1/B) sum ||dh_syn - dh_target||^2 as a one-element array (reading it is a device sync; callers batch that).
+    loss: a zeroed float32 (1,) array to add the loss into (e.g. a slot of a stats array read once per step)."""
     check_version(VERSIONS, "sg_update", version)
     B, Du = check_matrix(kernels, "u", u)
     K = n_classes or 0
@@ -191,7 +225,11 @@ def sg_update(
     check_array(kernels, "P", P, (Du + K + 1, D))
     _check_step(kernels, step, P.shape)
     labels = _labels_arg(kernels, labels, B, K, labels_checked)
-    loss = kernels.xp.zeros(1, dtype=np.float32)
+    if loss is None:
+        loss = kernels.xp.zeros(1, dtype=np.float32)
+    check_array(kernels, "loss", loss, (1,))
+    if version == UNFUSED:
+        return unfused.sg_update(kernels, u, labels, K, dh_syn, dh_target, scale, P, step, loss)
     coef = 2.0 * scale / B  # the mse gradient 2 (dh_syn - dh_target) / B, times the module's output scale
     grid, block = _gemm_geometry(version, P.shape[0], D)
     kernels.function("sg_update", f"sg_update_{step.kind}_v{version}")(
@@ -224,6 +262,8 @@ def optimizer_step(kernels, P, grad, step, version=FASTEST["optimizer_step"]):
     check_array(kernels, "P", P, (n,))
     check_array(kernels, "grad", grad, (n,))
     _check_step(kernels, step, (n,))
+    if version == UNFUSED:
+        return unfused.optimizer_step(kernels, P, grad, step)
     grid, block = (ceil_div(n, _THREADS), 1, 1), (_THREADS, 1, 1)
     kernels.function("optim", f"{step.kind}_step_v{version}")(
         grid, block, (P, grad, *step.state, np.int32(n)) + step.scalars

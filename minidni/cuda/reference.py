@@ -21,6 +21,19 @@ from .. import functional as F
 ACTS = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
 
 
+# How close a kernel must come to its reference: float32 with another summation order (and FMA on a GPU), so the
+# error grows with the length of the reduction behind each result. The tests and `python -m minidni doctor` use
+# these same two rules.
+def product_tolerance(reduction):
+    """rtol = atol for a float32 result of a product (or an update) that sums `reduction` terms."""
+    return 2e-6 * max(1, reduction) ** 0.5 * 8
+
+
+def reduction_tolerance(n):
+    """rtol = atol for a float32 result behind a batch-norm or softmax reduction over n terms."""
+    return 1e-5 + 2e-6 * n
+
+
 def act_forward(z, act):
     """h = f(z) for an act code."""
     if act == 0:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from minidni.cuda import nvrtc
-from minidni.cuda.loader import kernel_files
+from minidni.cuda.loader import included_headers, kernel_files
 
 COLUMNS = ("file", "kernel", "arch", "registers", "shared_bytes", "spill_stores", "spill_loads", "stack_frame")
 
@@ -46,16 +46,18 @@ def extern_c_kernels(source):
     return list(dict.fromkeys(names))  # a kernel declared and then defined counts once
 
 
-_compiled = {}  # (file, arch, its text and its folder's headers) -> (result, report): each compile runs once
+_compiled = {}  # (file, arch, via, its text and its headers' text) -> (result, report): each compile runs once
 
 
-def compile_with_report(path, arch):
-    """Compile one .cu file for an sm_XX arch (headers from its own folder) and return (result, parsed report)."""
+def compile_with_report(path, arch, via="ctypes"):
+    """Compile one .cu file for an sm_XX arch (headers from its own folder) with CuPy's options and ptxas -v, and
+    return (result, parsed report). via: which binding reaches NVRTC (see nvrtc.compile)."""
     path = Path(path)
     source = path.read_text()
-    key = (str(path), arch, source, tuple(h.read_text() for h in sorted(path.parent.glob("*.cuh"))))
+    headers = included_headers(source, [path.parent])
+    key = (str(path), arch, via, source, tuple(h.read_text() for h in headers))
     if key not in _compiled:
-        result = nvrtc.compile(source, name=path.name, arch=arch, include_dirs=[str(path.parent)], report=True)
+        result = nvrtc.compile(source, name=path.name, arch=arch, include_dirs=[str(path.parent)], report=True, via=via)
         _compiled[key] = result, nvrtc.parse_ptxas_report(result.log)
     return _compiled[key]
 

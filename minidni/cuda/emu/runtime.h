@@ -20,6 +20,7 @@
 // (libstdc++ spells attributes like __attribute__((__noinline__)), which a __noinline__ macro would break).
 #include <cassert>
 #include <cfloat>
+#include <chrono>
 #include <climits>
 #include <cmath>
 #include <cstddef>
@@ -288,6 +289,14 @@ inline float __fsqrt_rn(float x) { return sqrtf(x); }
 inline float __fadd_rn(float x, float y) { return x + y; }
 inline float __fmul_rn(float x, float y) { return x * y; }
 inline float __fmaf_rn(float x, float y, float z) { return fmaf(x, y, z); }
+
+// clock64() counts the SM's clock cycles on a GPU; here nanoseconds of a steady clock stand in for cycles (a
+// kernel that waits a number of cycles then waits about that many nanoseconds: kernels/delay.cu)
+inline long long clock64() {
+    return (long long)std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
 
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
