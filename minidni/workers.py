@@ -549,6 +549,9 @@ def run_mpi(cfg, plan, n_blocks, comm, data):
     except Exception as err:
         message = f"error: MPI rank {rank} (block {rank}) failed: {type(err).__name__}: {err}"
         print(message, file=sys.stderr, flush=True)
+        # mpiexec forwards each rank's stderr through a pipe; an abort at once can kill the job before the message
+        # is forwarded (seen under load in CI), and the user would see a failed job with no reason
+        time.sleep(0.5)
         comm.Abort(1)
         raise
 
