@@ -67,14 +67,18 @@ class CupyApi:
 
     # -- lookup -------------------------------------------------------------------------------------------------
 
-    def resolve(self, path):
-        """The CuPy object at `path`, or None where CuPy has none."""
+    def _lookup(self, path):
         obj = self.cupy
         for part in path.split("."):
             obj = getattr(obj, part, _MISSING)
             if obj is _MISSING:
-                return None
+                break
         return obj
+
+    def resolve(self, path):
+        """The CuPy object at `path`, or None where CuPy has none (or where it is None: cupy.newaxis)."""
+        obj = self._lookup(path)
+        return None if obj is _MISSING else obj
 
     @staticmethod
     def is_array_api(path):
@@ -83,7 +87,7 @@ class CupyApi:
         return not path.startswith("cuda.")
 
     def has(self, path):
-        return self.resolve(path) is not None
+        return self._lookup(path) is not _MISSING
 
     def ndarray_attributes(self):
         return set(dir(self.cupy.ndarray))
@@ -132,7 +136,7 @@ class CupyApi:
 
     def check(self, path, n_args=0, keywords=(), star_args=False, star_kwargs=False):
         """Would CuPy accept `path(<n_args positional>, <keywords>=...)`? Returns a Verdict."""
-        if self.resolve(path) is None:
+        if not self.has(path):
             return Verdict(False, f"cupy.{path} does not exist in CuPy {self.version}", "lookup")
         sig, where, extra = self.signature(path)
         if sig is None:

@@ -301,10 +301,10 @@ class CupyStandin:
     # -- attribute lookup: what CuPy has, nothing else ----------------------------------------------------------
 
     def _attribute(self, path):
-        obj = self.api.resolve(path)
-        if obj is None:
+        if not self.api.has(path):
             head, _, name = path.rpartition(".")
             raise AttributeError(f"module 'cupy{'.' + head if head else ''}' has no attribute {name!r}")
+        obj = self.api.resolve(path)
         if path == "ndarray":
             return DeviceArray
         if isinstance(obj, type) and issubclass(obj, np.generic) or isinstance(obj, (np.dtype, int, float)):
