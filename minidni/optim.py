@@ -55,6 +55,37 @@ class Optimizer:
             arr[...] = array_module(arr).asarray(state["arrays"][name])  # CuPy refuses to assign a host array
 
 
+# The two update rules, element by element and in place, as plain functions: the optimiser classes below call
+# them on their own state, and minidni.cuda.unfused on the state views a fused kernel would update (tmp: scratch
+# of p's shape).
+
+
+def sgd_update(p, g, v, lr, momentum, tmp):
+    """v <- mu v + g;  p <- p - lr v."""
+    if momentum:
+        v *= momentum
+        v += g
+    else:
+        v[...] = g
+    array_module(p).multiply(v, lr, out=tmp)
+    p -= tmp
+
+
+def adam_update(p, g, M, V, a_t, eps_t, beta1, beta2, tmp):
+    """Adam in its sum form (see Adam): M <- b1 M + g;  V <- b2 V + g^2;  p <- p - a_t M / (sqrt(V) + eps_t)."""
+    xp = array_module(p)
+    M *= beta1
+    M += g
+    xp.multiply(g, g, out=tmp)
+    V *= beta2
+    V += tmp
+    xp.sqrt(V, out=tmp)
+    tmp += eps_t
+    xp.divide(M, tmp, out=tmp)
+    tmp *= a_t
+    p -= tmp
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with (heavy-ball) momentum: v <- mu v + g; p <- p - lr v."""
 
@@ -66,14 +97,7 @@ class SGD(Optimizer):
         self.velocity = {k: 0 * p for k, p in params.items()}
 
     def _update(self, name, p, g, tmp):
-        v = self.velocity[name]
-        if self.momentum:
-            v *= self.momentum
-            v += g
-        else:
-            v[...] = g
-        array_module(p).multiply(v, self.lr, out=tmp)
-        p -= tmp
+        sgd_update(p, g, self.velocity[name], self.lr, self.momentum, tmp)
 
     def state_arrays(self):
         return {f"velocity.{k}": v for k, v in self.velocity.items()}
@@ -114,18 +138,7 @@ class Adam(Optimizer):
             self._update(name, p, grads[name], self._scratch[name])
 
     def _update(self, name, p, g, tmp):
-        xp = array_module(p)
-        M, V = self.M[name], self.V[name]
-        M *= self.beta1  # M <- b1 M + g
-        M += g
-        xp.multiply(g, g, out=tmp)  # V <- b2 V + g^2
-        V *= self.beta2
-        V += tmp
-        xp.sqrt(V, out=tmp)  # p <- p - a_t M / (sqrt(V) + eps_t)
-        tmp += self.eps_t
-        xp.divide(M, tmp, out=tmp)
-        tmp *= self.a_t
-        p -= tmp
+        adam_update(p, g, self.M[name], self.V[name], self.a_t, self.eps_t, self.beta1, self.beta2, tmp)
 
     def moments(self, name):
         """The paper's (m_t, v_t) for one parameter, for inspection and tests."""

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from . import __version__
-from .backend import array_module, backend_name, to_numpy, xp
+from .backend import backend_name, xp
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -39,6 +39,7 @@ from .checkpoint import (
     save_checkpoint,
     write_jsonl,
 )
+from .cuda.ops import check_labels
 from .dni import MODES, SG_TARGETS, build_network, check_split, one_linear_per_block
 from .feedback import SIGNALS, FeedbackNetwork, build_feedback_network
 from .optim import StepSchedule
@@ -250,17 +251,6 @@ def load_data(cfg, log=print):
         raise ValueError(f"batch {cfg.batch} is larger than the training set ({x_tr.shape[0]} rows)")
     backend = xp()
     return tuple(backend.asarray(a) for a in (x_tr, y_tr, x_val, y_val, x_test, y_test))
-
-
-def check_labels(label_sets, n_classes):
-    """Every label of every set in [0, n_classes), or ValueError. The whole data set is checked once, before
-    training, so that the fused CUDA step need not read labels back from the GPU on every batch (a kernel given an
-    out-of-range label reads out of bounds; CuPy's own indexing wraps it around without an error)."""
-    for y in label_sets:
-        if y.shape[0]:
-            lo, hi = (int(v) for v in to_numpy(array_module(y).stack((y.min(), y.max()))))  # one read per set
-            if lo < 0 or hi >= n_classes:
-                raise ValueError(f"labels must be in [0, {n_classes}), got values in [{lo}, {hi}]")
 
 
 def build_from_config(cfg, in_shape, n_classes):
@@ -480,7 +470,11 @@ def train(cfg, resume=False, log=print, data=None):
             f"{out} already holds a run (checkpoint or metrics); pass --resume to continue it or choose another --out"
         )
     x_tr, y_tr, x_val, y_val, x_te, y_te = data if data is not None else load_data(cfg, log)
-    check_labels((y_tr, y_val, y_te), N_CLASSES[cfg.data])  # once per run, so that no step needs to
+    # Every label in range, checked once per run so that no step needs to: the fused CUDA step would read labels
+    # back from the GPU on every batch otherwise, a kernel given an out-of-range label reads out of bounds, and
+    # CuPy's own indexing wraps such a label around without an error.
+    for y in (y_tr, y_val, y_te):
+        check_labels(y, N_CLASSES[cfg.data])  # one read per set (minidni.cuda.ops)
     net = build_from_config(cfg, x_tr.shape[1:], N_CLASSES[cfg.data])
     chosen, kernel_record = attach_kernels(net, cfg.kernels, cfg.batch, log)
     log(f"training step: {chosen} ({backend_name()} backend)")

@@ -144,6 +144,31 @@ def test_the_command_fails_on_an_incompatible_file(tmp_path, capsys):
     assert cupy_audit.main([str(tmp_path / "none.py")]) == 2
 
 
+def test_strict_mode_fails_on_a_site_nobody_reviewed(tmp_path, capsys):
+    unsure = tmp_path / "unsure.py"
+    unsure.write_text("import numpy as np\n\n\ndef f(x):\n    return np.asarray(x)\n")
+    assert cupy_audit.main([str(unsure)]) == 0  # reported, but only --strict (CI) fails on it
+    assert cupy_audit.main(["--strict", str(unsure)]) == 1
+    assert "unsure.py:5: np.asarray(x)" in capsys.readouterr().out
+
+
+def test_the_trainer_checks_every_label_before_the_first_step(tmp_path):
+    """Once per run, on every set: CuPy's indexing would wrap an out-of-range label silently, and a kernel given
+    one would read out of bounds; so no training step needs to read labels back from the GPU."""
+    from minidni.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 2)).astype(np.float32), rng.integers(0, 3, 64)
+    bad = y.copy()
+    bad[5] = 3  # spirals has 3 classes
+    cfg = TrainConfig(data="spirals", model="fcn3", hidden=8, epochs=1, batch=16, progress=False,
+                      out=str(tmp_path / "run"))  # fmt: skip
+    for data in ((x, bad, x, y, x, y), (x, y, x, y, x, bad)):
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values in \[0, 3\]"):
+            train(cfg, log=lambda m: None, data=data)
+        assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # the stand-in keeps CuPy's rules
 
@@ -288,7 +313,7 @@ def test_the_recurrent_trainers_run_under_cupy_rules(standin, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("the cat sat on the mat. a dog ran over the tree.\n" * 40)
     for kw in (dict(task="copy", mode="dni_aux", T=3, episodes=20, window=3, log_every=10),
-               dict(task="repeat_copy", mode="bptt", T=3, episodes=20, window=3, log_every=10),
+               dict(task="repeat_copy", mode="bptt", T=3, episodes=20, window=3, log_every=10, cell="rnn"),
                dict(task="charlm", mode="dni", T=5, updates=20, eval_every=10, eval_chars=100,
                     text=str(text))):  # fmt: skip
         train_rnn(RNNConfig(hidden=8, batch=4, out=str(tmp_path / kw["task"]), **kw), log=lambda m: None)

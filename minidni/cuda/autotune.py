@@ -126,7 +126,7 @@ def _write(path, identity, choices):
 # timing one operation at one shape
 
 
-def _inputs(kernels, op, dims, rng):
+def op_runner(kernels, op, dims, rng):
     """A function of the version that runs `op` once at `dims` (FusedDNIStep.operations' dims) on random inputs."""
     xp = kernels.xp
 
@@ -184,7 +184,7 @@ def _inputs(kernels, op, dims, rng):
 
 def measure(kernels, op, dims, timer, seed=0):
     """Choice for one operation at one shape: its fastest kernel version against the unfused alternative."""
-    run = _inputs(kernels, op, dims, np.random.default_rng(seed))
+    run = op_runner(kernels, op, dims, np.random.default_rng(seed))
     kernel_version = VERSIONS[op][-1]
     fused = timer(lambda: run(kernel_version), REPEATS)
     unfused = timer(lambda: run(UNFUSED), REPEATS)

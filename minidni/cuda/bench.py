@@ -29,9 +29,10 @@ import time
 
 import numpy as np
 
-from ..optim import Adam
 from . import norm_ops, ops
+from .autotune import op_runner, plan_for
 from .checks import UNFUSED
+from .fused import OPTIMIZER_CODES
 from .loader import Kernels, get_kernels
 from .timing import DeviceTimer
 
@@ -95,96 +96,33 @@ def _step_seconds(target, fn, repeats):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the cases: (kernel, shape) -> the fused call per version, the unfused call, and the minimum bytes and flops
+# the cases: (kernel, shape) -> a call per version on random inputs of that shape (the same calls --kernels auto
+# times: autotune.op_runner), and the minimum bytes and flops
 
 
 def _cases(kernels, B, Din, D, K, rng):
-    xp = kernels.xp
-
-    def arr(*shape, scale=1.0):
-        return xp.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
-
-    x, h, dz = arr(B, Din), xp.maximum(arr(B, D), 0), arr(B, D, scale=1e-3)
-    labels = xp.asarray(rng.integers(0, K, B).astype(np.int32))
-    W1 = arr(Din, D, scale=0.05)  # a hidden layer (no bias: batch norm follows)
-    P_sg = arr(D + K + 1, D, scale=1e-3)  # a cDNI module [A; C; c]
-    target = arr(B, D, scale=1e-3)
-    gamma, beta = xp.ones(D, np.float32), xp.zeros(D, np.float32)
-    rm, rv = xp.zeros(D, np.float32), xp.ones(D, np.float32)
-
-    def adam_for(P):
-        opt = Adam({"params": P.ravel()}, 1e-3)
-        opt.begin_step()
-        return opt, ops.optimizer_step_of(opt, 0, P.size, P.shape)
-
-    opt1, step1 = adam_for(W1)
-    opt_sg, step_sg = adam_for(P_sg)
-    dW1 = xp.empty_like(W1)
-    xhat, inv_std = norm_ops.bn_forward_train(kernels, dz, gamma, beta, rm, rv, 1)[1:]
-    logits = arr(B, 10)
-    loss = xp.zeros(1, np.float32)  # sg_update adds each call's loss here
+    adam = OPTIMIZER_CODES["adam"]
     S = 4  # Adam's M and V, each read and written once per parameter, besides P itself
 
+    def case(kernel, op, dims, shape, flops, floats):
+        return {"kernel": kernel, "shape": shape, "run": op_runner(kernels, op, dims, rng), "flops": flops,
+                "bytes": FP32 * floats}  # fmt: skip
+
     return [
-        {
-            "kernel": "linear_forward",
-            "shape": f"{B}x{Din} @ {Din}x{D}",
-            "fused": lambda v: ops.linear_forward(kernels, x, W1, 1, has_bias=False, version=v),
-            "flops": 2 * B * Din * D,
-            "bytes": FP32 * (B * Din + Din * D + B * D),
-        },
-        {
-            "kernel": "sg_predict",
-            "shape": f"{B}x{D} @ {D}x{D} + C[y] (K={K})",
-            "fused": lambda v: ops.sg_predict(kernels, h, P_sg, labels, K, h, 1, version=v, labels_checked=True),
-            "flops": 2 * B * D * D,
-            "bytes": FP32 * (B * D + (D + K + 1) * D + 2 * B * D + B),
-        },
-        {
-            "kernel": "layer_update_adam",
-            "shape": f"{Din}x{B} @ {B}x{D}",
-            "fused": lambda v: ops.layer_update(kernels, x, dz, W1, False, step1, version=v),
-            "flops": 2 * B * Din * D + 10 * Din * D,
-            "bytes": FP32 * (B * Din + B * D + (2 + S) * Din * D),
-        },
-        {
-            "kernel": "sg_update_adam",
-            "shape": f"{D + K + 1}x{B} @ {B}x{D}",
-            "fused": lambda v: ops.sg_update(
-                kernels, h, labels, K, dz, target, 1.0, P_sg, step_sg, version=v, labels_checked=True, loss=loss
-            ),
-            "flops": 2 * B * (D + K + 1) * D + 10 * (D + K + 1) * D,
-            "bytes": FP32 * (B * D + 2 * B * D + B + (2 + S) * (D + K + 1) * D),
-        },
-        {
-            "kernel": "bn_forward_train",
-            "shape": f"{B}x{D}",
-            "fused": lambda v: norm_ops.bn_forward_train(kernels, dz, gamma, beta, rm, rv, 1, version=v),
-            "flops": 10 * B * D,
-            "bytes": FP32 * (B * D + 2 * B * D + 8 * D),
-        },
-        {
-            "kernel": "bn_backward",
-            "shape": f"{B}x{D}",
-            "fused": lambda v: norm_ops.bn_backward(kernels, dz, xhat, inv_std, gamma, version=v),
-            "flops": 8 * B * D,
-            "bytes": FP32 * (3 * B * D + 4 * D),
-        },
-        {
-            "kernel": "optimizer_step",
-            "shape": f"Adam on {Din * D} parameters",
-            "fused": lambda v: ops.optimizer_step(kernels, W1.ravel(), dW1.ravel(), step1.flat(), version=v),
-            "flops": 10 * Din * D,
-            "bytes": FP32 * 7 * Din * D,  # read P, g, M, V; write P, M, V
-        },
-        {
-            "kernel": "softmax_xent",
-            "shape": f"{B}x10",
-            "fused": lambda v: norm_ops.softmax_xent(kernels, logits, labels, version=v, labels_checked=True),
-            "flops": 5 * B * 10,
-            "bytes": FP32 * (2 * B * 10 + 2 * B),
-        },
-    ]
+        case("linear_forward", "linear_forward", (B, Din, D, 0), f"{B}x{Din} @ {Din}x{D}",
+             2 * B * Din * D, B * Din + Din * D + B * D),
+        case("sg_predict", "sg_predict", (B, D, K, D), f"{B}x{D} @ {D}x{D} + C[y] (K={K})",
+             2 * B * D * D, B * D + (D + K + 1) * D + 2 * B * D + B),
+        case("layer_update_adam", "layer_update", (B, Din, D, 0, adam), f"{Din}x{B} @ {B}x{D}",
+             2 * B * Din * D + 10 * Din * D, B * Din + B * D + (2 + S) * Din * D),
+        case("sg_update_adam", "sg_update", (B, D, K, D, adam), f"{D + K + 1}x{B} @ {B}x{D}",
+             2 * B * (D + K + 1) * D + 10 * (D + K + 1) * D, B * D + 2 * B * D + B + (2 + S) * (D + K + 1) * D),
+        case("bn_forward_train", "bn_forward_train", (B, D), f"{B}x{D}", 10 * B * D, B * D + 2 * B * D + 8 * D),
+        case("bn_backward", "bn_backward", (B, D), f"{B}x{D}", 8 * B * D, 3 * B * D + 4 * D),
+        case("optimizer_step", "optimizer_step", (Din * D, adam), f"Adam on {Din * D} parameters",
+             10 * Din * D, 7 * Din * D),  # read P, g, M, V; write P, M, V
+        case("softmax_xent", "softmax_xent", (B, 10), f"{B}x10", 5 * B * 10, 2 * B * 10 + 2 * B),
+    ]  # fmt: skip
 
 
 _VERSIONS_OF = {**ops.VERSIONS, **norm_ops.VERSIONS, "layer_update_adam": ops.VERSIONS["layer_update"]}
@@ -216,7 +154,7 @@ def bench_kernels(kernels, shapes, repeats, peaks=None, out=print, seed=0):
     for B, Din, D, K in shapes:
         for case in _cases(kernels, B, Din, D, K, np.random.default_rng(seed)):
             for v in (*_VERSIONS_OF[case["kernel"]], UNFUSED):
-                timing = timer(lambda case=case, v=v: case["fused"](v), repeats)
+                timing = timer(lambda case=case, v=v: case["run"](v), repeats)
                 rows.append(_row(case, v if v == UNFUSED else f"v{v}", timing.seconds, peaks))
                 if timing.host_bound:
                     rows[-1]["host_bound"] = True  # the GPU waited for the host: not device time alone
@@ -229,7 +167,6 @@ def bench_steps(kernels, widths, batch, repeats, modes=("cdni", "dni"), out=prin
     operation by its kernel) and auto (each operation by kernel or unfused, as `--kernels auto` chooses on this
     device: minidni.cuda.autotune)."""
     from ..dni import build_network
-    from .autotune import plan_for
 
     xp, rng, rows = kernels.xp, np.random.default_rng(seed), []
     x = xp.asarray(rng.standard_normal((batch, 784)).astype(np.float32))

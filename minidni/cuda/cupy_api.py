@@ -92,9 +92,6 @@ class CupyApi:
     def ndarray_attributes(self):
         return set(dir(self.cupy.ndarray))
 
-    def is_ufunc(self, path):
-        return isinstance(self.resolve(path), self.cupy.ufunc)
-
     # -- what a callable accepts ---------------------------------------------------------------------------------
 
     def signature(self, path):

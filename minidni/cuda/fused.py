@@ -138,7 +138,7 @@ class FusedDNIStep:
             found[op_key(op, *dims)] = (op, dims)
 
         for blk in self.blocks[:-1]:
-            kind = OPTIMIZER_CODES[ops.optimizer_step_of_kind(blk.opt)]
+            kind = OPTIMIZER_CODES[ops.optimizer_kind(blk.opt)]
             add("linear_forward", B, *blk.dims)
             add("layer_update", B, *blk.dims, kind)
             if blk.bn is not None:
@@ -147,14 +147,14 @@ class FusedDNIStep:
             if blk.rest.size:
                 add("optimizer_step", blk.rest.size, kind)
         for mod, blk in zip(self.modules, self.blocks[:-1]):
-            kind = OPTIMIZER_CODES[ops.optimizer_step_of_kind(mod.opt)]
+            kind = OPTIMIZER_CODES[ops.optimizer_kind(mod.opt)]
             d_u = mod.out_layer.d_in - mod.K
             add("sg_predict", B, d_u, mod.K, blk.lin.d_out)
             add("sg_update", B, d_u, mod.K, mod.P.shape[1], kind)
             if mod.hidden_layers:
                 add("optimizer_step", mod.off, kind)
         out = self.blocks[-1]
-        kind = OPTIMIZER_CODES[ops.optimizer_step_of_kind(out.opt)]
+        kind = OPTIMIZER_CODES[ops.optimizer_kind(out.opt)]
         add("linear_forward", B, *out.dims)
         add("softmax_xent", B, out.lin.d_out)
         add("layer_update", B, *out.dims, kind)

@@ -88,26 +88,8 @@ class OptimizerStep:
         return OptimizerStep(self.kind, tuple(a.reshape(-1) for a in self.state), self.scalars)
 
 
-def optimizer_step_of(opt, lo, hi, shape, name="params"):
-    """The current step of minidni.optim optimiser `opt` restricted to elements [lo, hi) of its flat parameter
-    `name`, viewed as `shape`. Call opt.begin_step() once per step first (Adam folds its constants there)."""
-    from ..optim import SGD, Adam
-
-    def view(a):
-        return a[lo:hi].reshape(shape)
-
-    if isinstance(opt, Adam):
-        if opt.t == 0:
-            raise RuntimeError("call the optimiser's begin_step() before building its kernel arguments")
-        scalars = tuple(np.float32(s) for s in (opt.a_t, opt.eps_t, opt.beta1, opt.beta2))
-        return OptimizerStep("adam", (view(opt.M[name]), view(opt.V[name])), scalars)
-    if isinstance(opt, SGD):
-        return OptimizerStep("sgd", (view(opt.velocity[name]),), (np.float32(opt.lr), np.float32(opt.momentum)))
-    raise TypeError(f"no fused kernel for optimiser {type(opt).__name__}; expected SGD or Adam")
-
-
-def optimizer_step_of_kind(opt):
-    """"sgd" or "adam": the kind of OptimizerStep that optimizer_step_of builds for `opt`."""
+def optimizer_kind(opt):
+    """"sgd" or "adam": which kernels run the steps of minidni.optim optimiser `opt` (TypeError for others)."""
     from ..optim import SGD, Adam
 
     if isinstance(opt, Adam):
@@ -115,6 +97,21 @@ def optimizer_step_of_kind(opt):
     if isinstance(opt, SGD):
         return "sgd"
     raise TypeError(f"no fused kernel for optimiser {type(opt).__name__}; expected SGD or Adam")
+
+
+def optimizer_step_of(opt, lo, hi, shape, name="params"):
+    """The current step of minidni.optim optimiser `opt` restricted to elements [lo, hi) of its flat parameter
+    `name`, viewed as `shape`. Call opt.begin_step() once per step first (Adam folds its constants there)."""
+
+    def view(a):
+        return a[lo:hi].reshape(shape)
+
+    if optimizer_kind(opt) == "adam":
+        if opt.t == 0:
+            raise RuntimeError("call the optimiser's begin_step() before building its kernel arguments")
+        scalars = tuple(np.float32(s) for s in (opt.a_t, opt.eps_t, opt.beta1, opt.beta2))
+        return OptimizerStep("adam", (view(opt.M[name]), view(opt.V[name])), scalars)
+    return OptimizerStep("sgd", (view(opt.velocity[name]),), (np.float32(opt.lr), np.float32(opt.momentum)))
 
 
 def _check_step(kernels, step, shape):

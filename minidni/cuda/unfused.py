@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import array_module
+from ..optim import adam_update, sgd_update
 from ..synthetic import one_hot
 from . import reference
 
@@ -43,25 +44,12 @@ def _act_backward(dh, h, act):
 
 
 def apply_step(P, g, step):
-    """P <- P - opt(g) in place, with an ops.OptimizerStep: minidni.optim's SGD and Adam (sum form), pass by pass."""
+    """P <- P - opt(g) in place, with an ops.OptimizerStep: minidni.optim's own update rules, on the step's state."""
+    tmp = array_module(P).empty_like(P)
     if step.kind == "adam":
-        M, V = step.state
-        a_t, eps_t, beta1, beta2 = step.scalars
-        M *= beta1
-        M += g
-        V *= beta2
-        V += g * g
-        tmp = array_module(P).sqrt(V)
-        tmp += eps_t
-        tmp = M / tmp
-        tmp *= a_t
-        P -= tmp
+        adam_update(P, g, *step.state, *step.scalars, tmp)  # scalars: a_t, eps_t, beta1, beta2
     else:
-        (velocity,) = step.state
-        lr, momentum = step.scalars
-        velocity *= momentum
-        velocity += g
-        P -= velocity * lr
+        sgd_update(P, g, *step.state, *step.scalars, tmp)  # scalars: lr, momentum
 
 
 def linear_forward(kernels, x, P, act, has_bias=True, out=None):
