@@ -42,7 +42,7 @@ setup(
             "mpi4py>=4",
             "mpich>=4",
         ],
-        # blocks on MPI ranks (minidni.workers): mpi4py, the maintained Python binding, and MPICH from PyPI, whose
+        # blocks on MPI ranks (minidni.parallel.workers): mpi4py, the maintained Python binding, and MPICH from PyPI, whose
         # wheel brings the MPI library and mpiexec, so no system MPI is needed
         "mpi": ["mpi4py>=4", "mpich>=4"],
         # CuPy for CUDA 13 with its [ctk] extra: the CUDA runtime, NVRTC, cuBLAS and the other libraries and headers

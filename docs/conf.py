@@ -10,7 +10,7 @@ What this file does besides the usual settings, each in one function below:
   reStructuredText. Every docstring is shown as a literal block, exactly as written, instead of being parsed.
 - `files_outside_docs`: a link to a Markdown file outside docs/ (../tutorials/README.md) becomes a download link.
 
-Links from the pages to files outside docs/ (`../tutorials/04_decoupled_mlp.py`, `../minidni/dni.py`) are
+Links from the pages to files outside docs/ (`../tutorials/04_decoupled_mlp.py`, `../minidni/dni/network.py`) are
 ordinary Markdown links: MyST turns a link to an existing file that is not a page into a download link (Sphinx
 copies the file into the site), and a link to a missing file is a warning, which -W makes an error.
 """

@@ -13,15 +13,15 @@
     python -m minidni doctor                                           (is the GPU path sound here? PASS/FAIL)
 
 What this module deliberately is not: where anything is computed. Each command parses, validates, and calls
-minidni.train / minidni.experiments / minidni.bench / minidni.data.
+minidni.runs.train / minidni.experiments.feedforward / minidni.experiments.bench / minidni.data.datasets.
 """
 
 import argparse
 import math
 import sys
 
-from .backend import BackendError, set_backend
-from .train import TrainConfig
+from minidni.core.backend import BackendError, set_backend
+from minidni.runs.train import TrainConfig
 
 
 def _int_at_least(minimum, what):
@@ -191,7 +191,7 @@ def build_parser():
         "--workers",
         choices=("process", "thread"),
         default=None,
-        help="run every block in a worker of its own on this machine (minidni.workers): one process or thread each",
+        help="run every block in a worker of its own on this machine (minidni.parallel.workers): one process or thread each",
     )
     t.add_argument(
         "--distributed",
@@ -327,16 +327,16 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  (results go to stdout, chatter to stderr)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .dni import DivergenceError
-    from .workers import WorkerError
+    from minidni.data.checkpoint import CheckpointError
+    from minidni.data.datasets import DataError
+    from minidni.dni.network import DivergenceError
+    from minidni.parallel.workers import WorkerError
 
     try:
         if args.command == "train":
             return _train(args, log)
         if args.command == "experiment" and args.name == "staleness":  # budgets smoke and short; --seeds only
-            from .staleness import run as run_staleness
+            from minidni.experiments.staleness import run as run_staleness
 
             seeds = tuple(v.strip() for v in args.seeds.split(",") if v.strip())
             if not seeds or not all(v.isdigit() for v in seeds):
@@ -346,7 +346,7 @@ def main(argv=None):
             run_staleness(args.out, args.budget, tuple(dict.fromkeys(int(v) for v in seeds)), log=log)
             return 0
         if args.command == "experiment" and args.name == "czarnecki":  # budgets smoke and short; --seeds only
-            from .czarnecki import run as run_czarnecki
+            from minidni.experiments.czarnecki import run as run_czarnecki
 
             seeds = tuple(v.strip() for v in args.seeds.split(",") if v.strip())
             if not seeds or not all(v.isdigit() for v in seeds):
@@ -357,7 +357,7 @@ def main(argv=None):
             run_czarnecki(args.out, args.budget, tuple(dict.fromkeys(int(v) for v in seeds)), log=log)
             return 0
         if args.command == "experiment" and args.name in ("copy", "repeat_copy", "charlm", "multinet"):
-            from .rnn_experiments import run_experiment as run_rnn_experiment
+            from minidni.experiments.recurrent import run_experiment as run_rnn_experiment
 
             if args.models is not None or args.data != "mnist":
                 parser.error(f"--models and --data are for table1, stochastic and unlock, not {args.name}")
@@ -377,7 +377,7 @@ def main(argv=None):
                                truncations=truncations, modes=modes)  # fmt: skip
             return 0
         if args.command == "experiment":
-            from .experiments import TABLE1_MODELS, run_experiment
+            from minidni.experiments.feedforward import TABLE1_MODELS, run_experiment
 
             if args.text != "shakespeare" or args.seeds != "0" or args.truncations or args.modes:
                 parser.error(f"--text, --seeds, --truncations and --modes are for the recurrent experiments, not "
@@ -394,29 +394,29 @@ def main(argv=None):
             )
             return 0
         if args.command == "evaluate":
-            from .train import evaluate
+            from minidni.runs.train import evaluate
 
             r = evaluate(args.checkpoint, log=log, data_dir=args.data_dir)
             print(f"test error {r['test_error_pct']:.2f}% on {r['test_rows']} rows (checkpoint at epoch {r['epoch']})")
             return 0
         if args.command == "bench" and args.what == "parallel":
-            from .speedup import run as run_parallel
+            from minidni.parallel.speedup import run as run_parallel
 
             run_parallel(args.out, args.budget, args.seed, log=log)
             return 0
         if args.command == "bench" and args.backend == "cupy":
-            from .cuda.bench import run
+            from minidni.cuda.bench import run
 
             widths = tuple(_positive_int(w) for w in args.widths.split(",") if w.strip())
             run("cupy", widths=widths, batch=args.batch, repeats=max(args.repeats, 20))
             return 0
         if args.command == "doctor":
-            from .cuda.doctor import main as doctor
+            from minidni.doctor import main as doctor
 
             return doctor()
         if args.command == "kernels":
-            from .cuda import nvrtc
-            from .cuda.report import main as report
+            from minidni.cuda import nvrtc
+            from minidni.cuda.report import main as report
 
             try:
                 report()
@@ -425,7 +425,7 @@ def main(argv=None):
                 return 1
             return 0
         if args.command == "bench":
-            from .bench import BENCH_MODES, run
+            from minidni.experiments.bench import BENCH_MODES, run
 
             modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
             bad = [m for m in modes if m not in BENCH_MODES]
@@ -434,14 +434,14 @@ def main(argv=None):
             run(modes, batch=args.batch, steps=args.steps, repeats=args.repeats)
             return 0
         if args.command == "plot":
-            from .compare import compare_runs
+            from minidni.experiments.compare import compare_runs
 
             labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
             for path in compare_runs(args.runs, args.out, labels, args.title):
                 print(f"wrote {path}")
             return 0
         if args.command == "data":
-            from . import data
+            from minidni.data import datasets as data
 
             if args.archive is not None and args.name != "cifar10":
                 parser.error(f"--archive is for cifar10; {args.name} is fetched from its mirrors or offline source")
@@ -474,7 +474,7 @@ def main(argv=None):
 
 
 def _train(args, log):
-    from .train import train
+    from minidni.runs.train import train
 
     if args.backend is not None:
         set_backend(args.backend)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from minidni import backend
+from minidni.core import backend
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from minidni.cuda.emulator import emulator_available, unavailable_reason
 from minidni.cuda.fused import FusedDNIStep, op_key
 from minidni.cuda.loader import get_kernels
 from minidni.cuda.timing import DeviceTimer, Timing
-from minidni.dni import build_network
+from minidni.dni.network import build_network
 
 pytestmark = [
     pytest.mark.skipif(not emulator_available(), reason=f"CPU emulator: {unavailable_reason()}"),
@@ -150,7 +150,7 @@ def test_the_trainer_records_its_auto_plan_in_config_json(tmp_path, monkeypatch)
     pytest.importorskip("cupy", reason="the CuPy stand-in reads the installed CuPy's API")
     from minidni.cuda import loader
     from minidni.cuda.cupy_standin import CupyStandin, standin_kernels
-    from minidni.train import TrainConfig, train
+    from minidni.runs.train import TrainConfig, train
 
     standin = CupyStandin()
     real = loader.get_kernels

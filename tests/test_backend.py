@@ -1,4 +1,4 @@
-"""Tests for minidni.backend: NumPy by default, CuPy only when it really works, never a silent fallback."""
+"""Tests for minidni.core.backend: NumPy by default, CuPy only when it really works, never a silent fallback."""
 
 import sys
 import types
@@ -6,8 +6,8 @@ import types
 import numpy as np
 import pytest
 
-from minidni import backend
-from minidni.backend import BackendError, backend_name, set_backend, to_numpy, xp
+from minidni.core import backend
+from minidni.core.backend import BackendError, backend_name, set_backend, to_numpy, xp
 
 
 @pytest.fixture(autouse=True)

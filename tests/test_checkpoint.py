@@ -1,4 +1,4 @@
-"""Tests for minidni.checkpoint: atomic writes, exact round trips, loud failures, no pickle."""
+"""Tests for minidni.data.checkpoint: atomic writes, exact round trips, loud failures, no pickle."""
 
 import io
 import json
@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from minidni import checkpoint
-from minidni.checkpoint import (
+from minidni.data import checkpoint
+from minidni.data.checkpoint import (
     FORMAT_VERSION,
     META_KEY,
     CheckpointError,

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidni import train as train_module
-from minidni.checkpoint import load_checkpoint
+from minidni.runs import train as train_module
+from minidni.data.checkpoint import load_checkpoint
 from minidni.cli import build_parser, main
 
 TINY = ["--data", "spirals", "--model", "fcn3", "--batch", "64", "--hidden", "16", "--sg-hidden", "16",
@@ -37,8 +37,8 @@ def fast_plots(request, monkeypatch):
     Tests that do not request `real_plots` get a stand-in that writes only the PNG signature (at the same point)."""
     if "real_plots" in request.fixturenames:
         return
-    from minidni import plots
-    from minidni.checkpoint import atomic_write
+    from minidni.runs import plots
+    from minidni.data.checkpoint import atomic_write
 
     monkeypatch.setattr(plots, "plot_learning_curves", lambda metrics, path, **_: atomic_write(path, PNG_SIGNATURE))
 
@@ -87,7 +87,7 @@ def assert_same_run(out_a, out_b):
 
 
 class InterruptAfter:
-    """Replaces minidni.train.save_checkpoint: saves `n` checkpoints, then simulates Ctrl-C (KeyboardInterrupt)
+    """Replaces minidni.runs.train.save_checkpoint: saves `n` checkpoints, then simulates Ctrl-C (KeyboardInterrupt)
     either right after the n-th save, or at the next save before anything is written (so metrics.jsonl already
     holds an epoch that the checkpoint does not)."""
 

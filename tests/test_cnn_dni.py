@@ -5,9 +5,9 @@ import copy
 import numpy as np
 import pytest
 
-from minidni.dni import build_network
-from minidni.gradcheck import assert_close
-from minidni.train import TrainConfig
+from minidni.dni.network import build_network
+from minidni.core.gradcheck import assert_close
+from minidni.runs.train import TrainConfig
 from test_dni import OracleSG  # an SG module that returns the true gradient it was given
 
 f64 = np.float64

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from minidni.cli import main
-from minidni.compare import compare_runs, paper_reference, read_run
-from minidni.train import TrainConfig, train
+from minidni.experiments.compare import compare_runs, paper_reference, read_run
+from minidni.runs.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_compare_runs_errors(runs, tmp_path):
     bad.mkdir()
     (bad / "config.json").write_text("{}")
     (bad / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
-    with pytest.raises(ValueError, match="not what minidni.train writes"):
+    with pytest.raises(ValueError, match="not what minidni.runs.train writes"):
         compare_runs([str(bad)], str(tmp_path / "x.png"))
 
 

@@ -6,12 +6,12 @@ import copy
 import numpy as np
 import pytest
 
-from minidni import functional as F
-from minidni.backend import gpu_available
-from minidni.dni import cnn_blocks
-from minidni.gradcheck import assert_close, check_function, check_layer
-from minidni.layers import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
-from minidni.optim import SGD
+from minidni.core import functional as F
+from minidni.core.backend import gpu_available
+from minidni.dni.network import cnn_blocks
+from minidni.core.gradcheck import assert_close, check_function, check_layer
+from minidni.core.layers import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from minidni.core.optim import SGD
 
 f64 = np.float64
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from minidni.backend import gpu_available
+from minidni.core.backend import gpu_available
 from minidni.cli import main
 from minidni.cuda.emulator import emulator_available, unavailable_reason
 from minidni.cuda.loader import get_kernels

@@ -17,11 +17,11 @@ import pytest
 
 pytest.importorskip("cupy", reason="the CuPy checks read the installed CuPy's API (pip install cupy-cuda13x)")
 
-from minidni import functional as F  # noqa: E402
+from minidni.core import functional as F  # noqa: E402
 from minidni.cuda import cupy_audit  # noqa: E402
 from minidni.cuda.cupy_api import CupyApi, popped_keywords, signature_from_docstring, unsupported_in_notes  # noqa: E402
 from minidni.cuda.cupy_standin import IMPLICIT, CupyStandin, DeviceArray, IncompatibleWithCupy  # noqa: E402
-from minidni.dni import build_network  # noqa: E402
+from minidni.dni.network import build_network  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: numpy backend restored after each test
 
@@ -89,7 +89,8 @@ def test_the_host_only_list_names_real_modules():
     for name in cupy_audit.HOST_ONLY:
         assert (cupy_audit.PACKAGE / name).is_file(), name
     audited = {p.relative_to(cupy_audit.PACKAGE).as_posix() for p in cupy_audit.device_modules()}
-    for core in ("functional.py", "layers.py", "dni.py", "synthetic.py", "optim.py", "cuda/fused.py", "cuda/bench.py"):
+    for core in ("core/functional.py", "core/layers.py", "dni/network.py", "dni/synthetic.py", "core/optim.py", "cuda/fused.py",
+                 "cuda/bench.py"):
         assert core in audited
 
 
@@ -118,12 +119,12 @@ def test_a_planted_incompatibility_is_found(name, api):
 
 
 def test_the_original_einsum_bug_is_found_in_functional(api):
-    path = cupy_audit.PACKAGE / "functional.py"
+    path = cupy_audit.PACKAGE / "core" / "functional.py"
     source = path.read_text()
     fixed = 'sum_dy_xhat = xp.einsum("bd,bd->d", dy, xhat)'
     assert fixed in source
     planted = source.replace(fixed, 'sum_dy_xhat = xp.einsum("bd,bd->d", dy, xhat, out=dgamma)')
-    sites = cupy_audit.audit_source(planted, "minidni/functional.py", api)
+    sites = cupy_audit.audit_source(planted, "minidni/core/functional.py", api)
     assert [s.call for s in sites if s.group == "incompatible"] == [
         'xp.einsum("bd,bd->d", dy, xhat, out=dgamma)']  # fmt: skip
 
@@ -155,7 +156,7 @@ def test_strict_mode_fails_on_a_site_nobody_reviewed(tmp_path, capsys):
 def test_the_trainer_checks_every_label_before_the_first_step(tmp_path):
     """Once per run, on every set: CuPy's indexing would wrap an out-of-range label silently, and a kernel given
     one would read out of bounds; so no training step needs to read labels back from the GPU."""
-    from minidni.train import TrainConfig, train
+    from minidni.runs.train import TrainConfig, train
 
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((64, 2)).astype(np.float32), rng.integers(0, 3, 64)
@@ -251,7 +252,7 @@ def _net(case):
 def test_every_engine_step_runs_under_cupy_rules_and_computes_what_numpy_computes(name, standin):
     case = ENGINE_CASES[name]
     batches = _batches(case)
-    from minidni import backend
+    from minidni.core import backend
 
     with_numpy = []
     backend.use_array_module("numpy", np)
@@ -276,7 +277,7 @@ def test_every_engine_step_runs_under_cupy_rules_and_computes_what_numpy_compute
 
 
 def test_the_feedback_network_runs_under_cupy_rules(standin):
-    from minidni.feedback import build_feedback_network
+    from minidni.dni.feedback import build_feedback_network
 
     net = build_feedback_network(signals=["dfa", "sg"], d_in=12, hidden=10, n_classes=5, seed=0)
     x, y = _batches({})[0]
@@ -290,7 +291,7 @@ def test_a_run_resumes_and_evaluates_under_cupy_rules(standin, tmp_path, monkeyp
     The trainer picks the fused kernels for dni/cdni on the cupy backend: here the emulator runs them."""
     from minidni.cuda import loader
     from minidni.cuda.cupy_standin import standin_kernels
-    from minidni.train import TrainConfig, evaluate, train
+    from minidni.runs.train import TrainConfig, evaluate, train
 
     real = loader.get_kernels
     monkeypatch.setattr(loader, "get_kernels", lambda t: standin_kernels(standin) if t == "cupy" else real(t))
@@ -307,8 +308,8 @@ def test_a_run_resumes_and_evaluates_under_cupy_rules(standin, tmp_path, monkeyp
 
 
 def test_the_recurrent_trainers_run_under_cupy_rules(standin, tmp_path):
-    from minidni.multinet import MultiNetConfig, train_multinet
-    from minidni.rnn_train import RNNConfig, train_rnn
+    from minidni.recurrent.multinet import MultiNetConfig, train_multinet
+    from minidni.runs.rnn_train import RNNConfig, train_rnn
 
     text = tmp_path / "t.txt"
     text.write_text("the cat sat on the mat. a dog ran over the tree.\n" * 40)
@@ -320,7 +321,7 @@ def test_the_recurrent_trainers_run_under_cupy_rules(standin, tmp_path):
     train_multinet(MultiNetConfig(hidden_a=8, hidden_b=8, batch=4, ticks=20, eval_ticks=10, log_every=10),
                    log=lambda m: None)  # fmt: skip
     # the copy tasks' metrics sum in float64 on purpose (many bits per batch); nothing else may promote
-    assert {w.rsplit(":", 1)[0] for w in standin.float64_from_float32} <= {os.path.join("minidni", "tasks.py")}
+    assert {w.rsplit(":", 1)[0] for w in standin.float64_from_float32} <= {os.path.join("minidni", "recurrent", "tasks.py")}
 
 
 def test_the_gpu_benchmark_harness_runs_under_cupy_rules(standin):
@@ -357,7 +358,7 @@ def _host_labels_softmax(logits, labels):
 
 
 def _accumulating_one_hot(labels, n_classes, dtype=np.float32):
-    from minidni.backend import xp
+    from minidni.core.backend import xp
 
     counts = xp().zeros((n_classes,), dtype=dtype)
     counts[labels] += 1  # repeated labels: NumPy and CuPy both keep one, CuPy an undefined one
@@ -367,9 +368,9 @@ def _accumulating_one_hot(labels, n_classes, dtype=np.float32):
 
 
 PLANTED_AT_RUN_TIME = {
-    "einsum out=": ("minidni.functional.batchnorm_backward", _einsum_out_batchnorm_backward, TypeError),
-    "np.asarray of device labels": ("minidni.functional.softmax_cross_entropy", _host_labels_softmax, TypeError),
-    "repeated-index update": ("minidni.synthetic.one_hot", _accumulating_one_hot, IncompatibleWithCupy),
+    "einsum out=": ("minidni.core.functional.batchnorm_backward", _einsum_out_batchnorm_backward, TypeError),
+    "np.asarray of device labels": ("minidni.core.functional.softmax_cross_entropy", _host_labels_softmax, TypeError),
+    "repeated-index update": ("minidni.dni.synthetic.one_hot", _accumulating_one_hot, IncompatibleWithCupy),
 }
 
 
@@ -386,7 +387,7 @@ def test_a_bug_planted_in_the_engine_fails_under_the_standin_only(name, standin,
     monkeypatch.setattr(obj, attr, replacement)
     x, y = _batches({})[0]
     y[:2] = 3  # repeated labels
-    from minidni import backend
+    from minidni.core import backend
 
     backend.use_array_module("numpy", np)
     _net({"mode": "cdni"}).train_step(x, y)  # NumPy accepts it
@@ -396,7 +397,7 @@ def test_a_bug_planted_in_the_engine_fails_under_the_standin_only(name, standin,
 
 
 def test_a_planted_float64_promotion_is_recorded(standin, monkeypatch):
-    from minidni import layers
+    from minidni.core import layers
 
     original = layers.ReLU.forward
     monkeypatch.setattr(layers.ReLU, "forward", lambda self, x, train=True: original(self, x * np.float64(1.0)))

@@ -1,4 +1,4 @@
-"""Czarnecki et al.'s small experiments (minidni.czarnecki): the SG modules' gradients by float64 central
+"""Czarnecki et al.'s small experiments (minidni.experiments.czarnecki): the SG modules' gradients by float64 central
 differences, the step by backprop's, the invariant "an SG that returns the true gradient is backprop", where SG
 training converges (to the optimum under MSE; to the quadratic model's minimiser with a linear SG under log loss),
 the smoke budget end to end through the command line, and the errors on bad input."""
@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from minidni import czarnecki as cz
+from minidni.experiments import czarnecki as cz
 from minidni.cli import main
-from minidni.gradcheck import assert_close, check_function, numerical_gradient
+from minidni.core.gradcheck import assert_close, check_function, numerical_gradient
 
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: numpy backend, temporary data cache
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

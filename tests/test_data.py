@@ -1,4 +1,4 @@
-"""Tests for minidni.data. No network: downloads and pip are replaced by fakes serving tiny made-up MNIST files."""
+"""Tests for minidni.data.datasets. No network: downloads and pip are replaced by fakes serving tiny made-up MNIST files."""
 
 import gzip
 import hashlib
@@ -12,8 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from minidni import data
-from minidni.data import (
+from minidni.data import datasets as data
+from minidni.data.datasets import (
     DataError,
     FileSpec,
     check_xy,

@@ -1,4 +1,4 @@
-"""Tests for the Fashion-MNIST and CIFAR-10 loaders in minidni.data, and the image layout option.
+"""Tests for the Fashion-MNIST and CIFAR-10 loaders in minidni.data.datasets, and the image layout option.
 
 No network and no apt-get: every test runs with downloads, pip and apt-get replaced by fakes (the `offline`
 fixture below), serving tiny files made here in the official formats. One test reads the real Fashion-MNIST
@@ -19,9 +19,9 @@ import urllib.error
 import numpy as np
 import pytest
 
-from minidni import data
+from minidni.data import datasets as data
 from minidni.cli import main
-from minidni.data import (
+from minidni.data.datasets import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     FASHION_MNIST_MEAN,

@@ -10,9 +10,9 @@ import copy
 import numpy as np
 import pytest
 
-from minidni.dni import DivergenceError, build_network
-from minidni.gradcheck import assert_close
-from minidni.train import TrainConfig, train
+from minidni.dni.network import DivergenceError, build_network
+from minidni.core.gradcheck import assert_close
+from minidni.runs.train import TrainConfig, train
 
 f64 = np.float64
 EPS = 1e-5  # batch-norm epsilon, as in BatchNorm1d
@@ -337,7 +337,7 @@ def test_cdni_learns_an_mnist_subset(tmp_path):
 
 
 def test_sg_modules_can_have_their_own_optimiser():
-    from minidni.optim import SGD, Adam
+    from minidni.core.optim import SGD, Adam
 
     net = tiny_net("dni", optimizer="adam", sg_optimizer="sgd")
     assert all(isinstance(opt, SGD) for name, opt in net.optimizers().items() if name.startswith("sg"))

@@ -1,10 +1,11 @@
-"""`python -m minidni doctor` (minidni.cuda.doctor): its checks can fail, and say why. The whole doctor runs in CI
+"""`python -m minidni doctor` (minidni.doctor): its checks can fail, and say why. The whole doctor runs in CI
 on a machine without a GPU (.ci/run); here each kind of failure is planted once."""
 
 import numpy as np
 import pytest
 
-from minidni.cuda import doctor, reference
+from minidni import doctor
+from minidni.cuda import reference
 from minidni.cuda.emulator import emulator_available, unavailable_reason
 
 pytestmark = [

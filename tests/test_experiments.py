@@ -7,8 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from minidni import cli, data, experiments
-from minidni.train import TrainConfig
+from minidni import cli
+from minidni.data import datasets as data
+from minidni.experiments import feedforward as experiments
+from minidni.runs.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: temporary data cache, numpy backend
 
@@ -29,7 +31,7 @@ def fake_mnist(n_train=600, n_test=200, seed=0):
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """minidni.data.load_dataset('mnist', images=...) returns the stand-in (flat or as (N, 1, 28, 28) images)."""
+    """minidni.data.datasets.load_dataset('mnist', images=...) returns the stand-in (flat or as (N, 1, 28, 28) images)."""
     x_tr, y_tr, x_te, y_te = fake_mnist()
     calls = []
 
@@ -39,7 +41,7 @@ def stand_in(monkeypatch):
         return data.Dataset(name, x_tr.reshape(shape), y_tr, x_te.reshape(shape), y_te, 10, "stand-in")
 
     monkeypatch.setattr(data, "load_dataset", load_dataset)
-    monkeypatch.setattr("minidni.train.plot_learning_curves", lambda *a, **k: None)  # per-run plots: slow
+    monkeypatch.setattr("minidni.runs.train.plot_learning_curves", lambda *a, **k: None)  # per-run plots: slow
     return calls
 
 

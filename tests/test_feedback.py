@@ -1,4 +1,4 @@
-"""Error-signal strategies (minidni.feedback): each one's formula checked exactly or by hand, the special cases in
+"""Error-signal strategies (minidni.dni.feedback): each one's formula checked exactly or by hand, the special cases in
 which FA and DFA *are* backprop, the SG target, the fixed matrices, mixing, bad input, and short training runs.
 
 Tiny float64 networks; the by-hand computations use Linear -> ReLU blocks (batchnorm=False) so that they fit in a
@@ -11,19 +11,19 @@ import itertools
 import numpy as np
 import pytest
 
-from minidni.checkpoint import load_checkpoint, restore_arrays, save_checkpoint
-from minidni.data import make_spirals
-from minidni.dni import build_network
-from minidni.feedback import (
+from minidni.data.checkpoint import load_checkpoint, restore_arrays, save_checkpoint
+from minidni.data.datasets import make_spirals
+from minidni.dni.network import build_network
+from minidni.dni.feedback import (
     Backprop,
     DirectFeedbackAlignment,
     FeedbackAlignment,
     FeedbackNetwork,
     build_feedback_network,
 )
-from minidni.gradcheck import assert_close, numerical_gradient
-from minidni.layers import Linear, ReLU, Sequential
-from minidni.optim import make_optimizer
+from minidni.core.gradcheck import assert_close, numerical_gradient
+from minidni.core.layers import Linear, ReLU, Sequential
+from minidni.core.optim import make_optimizer
 
 f64 = np.float64
 D_IN, HIDDEN, K, LR, SG_LR = 7, 5, 4, 0.1, 0.05

@@ -1,5 +1,5 @@
 """The whole DNI/cDNI training step through the fused kernels (minidni.cuda.fused), run by the CPU emulator
-(NumPy for what is not a kernel), equals the engine's own step (minidni.dni.Network._dni_step) - every
+(NumPy for what is not a kernel), equals the engine's own step (minidni.dni.network.Network._dni_step) - every
 parameter, optimiser moment and batch-norm statistic, and the returned losses - to float32 tolerance."""
 
 import copy
@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from minidni.backend import gpu_available
+from minidni.core.backend import gpu_available
 from minidni.cuda.emulator import emulator_available, unavailable_reason
 from minidni.cuda.loader import Kernels, get_kernels
-from minidni.dni import DivergenceError, build_network
-from minidni.layers import Tanh
+from minidni.dni.network import DivergenceError, build_network
+from minidni.core.layers import Tanh
 
 pytestmark = pytest.mark.skipif(not emulator_available(), reason=f"CPU emulator: {unavailable_reason()}")
 
@@ -116,8 +116,8 @@ def test_gpu_fused_step_equals_engine_step_and_trains(tmp_path):
     """On a real GPU: the fused step through CuPy equals the unfused CuPy step, and a short run learns."""
     import cupy
 
-    from minidni.backend import set_backend
-    from minidni.train import TrainConfig, train
+    from minidni.core.backend import set_backend
+    from minidni.runs.train import TrainConfig, train
 
     set_backend("cupy")
     try:
@@ -146,7 +146,7 @@ def test_gpu_fused_step_at_the_real_shape(mode):
     equals the engine's CuPy step, every array within 1e-4 of its largest value; and it reads back once."""
     import cupy
 
-    from minidni.backend import set_backend
+    from minidni.core.backend import set_backend
 
     set_backend("cupy")
     try:
@@ -210,7 +210,7 @@ cupy_standin = pytest.importorskip("minidni.cuda.cupy_standin")
 @pytest.fixture
 def standin():
     pytest.importorskip("cupy", reason="the stand-in reads the installed CuPy's API")
-    from minidni import backend
+    from minidni.core import backend
 
     saved = backend.active_module()
     xp = cupy_standin.CupyStandin()
@@ -221,7 +221,7 @@ def standin():
 
 def _standin_pair(case, standin):
     """The engine's fused step on the emulator with NumPy arrays, and the same on stand-in device arrays."""
-    from minidni import backend
+    from minidni.core import backend
 
     backend.use_array_module("numpy", np)
     _, numpy_fused = _pair(case)
@@ -237,7 +237,7 @@ def _standin_pair(case, standin):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_fused_step_reads_back_once(case, standin):
-    from minidni import backend
+    from minidni.core import backend
 
     numpy_fused, device = _standin_pair(case, standin)
     for x, y in _batches(2):
@@ -293,9 +293,9 @@ def test_a_stray_host_read_in_the_fused_step_is_counted(standin, monkeypatch):
 def test_a_diverged_fused_step_leaves_no_checkpoint_with_its_values(tmp_path, monkeypatch):
     """The fused step sees a divergence only at the end of the step, after its updates: the run must stop before
     anything is written, so the checkpoint on disk is the last epoch's, finite."""
-    from minidni.checkpoint import load_checkpoint
+    from minidni.data.checkpoint import load_checkpoint
     from minidni.cuda import fused
-    from minidni.train import TrainConfig, train
+    from minidni.runs.train import TrainConfig, train
 
     original, calls = fused.FusedDNIStep.__call__, []
 

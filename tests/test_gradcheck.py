@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from minidni.gradcheck import assert_close, check_layer, numerical_gradient
-from minidni.layers import Layer, Linear
+from minidni.core.gradcheck import assert_close, check_layer, numerical_gradient
+from minidni.core.layers import Layer, Linear
 
 
 class WrongTanh(Layer):

@@ -5,11 +5,11 @@ the 16 or 64 tile sizes - and, where a GPU exists, through CuPy."""
 import numpy as np
 import pytest
 
-from minidni.backend import gpu_available
+from minidni.core.backend import gpu_available
 from minidni.cuda import ops, reference
 from minidni.cuda.emulator import emulator_available, unavailable_reason
 from minidni.cuda.loader import Kernels, get_kernels
-from minidni.optim import SGD, Adam
+from minidni.core.optim import SGD, Adam
 
 EMULATOR = pytest.param(
     "emulator", marks=pytest.mark.skipif(not emulator_available(), reason=f"CPU emulator: {unavailable_reason()}")

@@ -10,10 +10,10 @@ tolerances grow with the length of the reduction behind each output.
 import numpy as np
 import pytest
 
-from minidni.backend import gpu_available
+from minidni.core.backend import gpu_available
 from minidni.cuda import norm_ops, reference
 from minidni.cuda.loader import get_kernels
-from minidni.gradcheck import assert_close
+from minidni.core.gradcheck import assert_close
 
 try:
     from minidni.cuda.emulator import emulator_available, unavailable_reason

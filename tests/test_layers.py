@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from minidni import functional as F
-from minidni.gradcheck import assert_close, check_function, check_layer
-from minidni.layers import BatchNorm1d, Linear, ReLU, Sequential, Sigmoid, Tanh
+from minidni.core import functional as F
+from minidni.core.gradcheck import assert_close, check_function, check_layer
+from minidni.core.layers import BatchNorm1d, Linear, ReLU, Sequential, Sigmoid, Tanh
 
 f64 = np.float64
 

@@ -1,4 +1,4 @@
-"""The two-timescale system (minidni.multinet): which parameters each system trains, the delayed true gradient that
+"""The two-timescale system (minidni.recurrent.multinet): which parameters each system trains, the delayed true gradient that
 becomes the link module's target, the scaled prediction A uses, the locked reference, and a short learning run."""
 
 import copy
@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from minidni import checkpoint, multinet
-from minidni.multinet import (
+from minidni.data import checkpoint
+from minidni.recurrent import multinet
+from minidni.recurrent.multinet import (
     MultiNetConfig,
     TwoTimescaleSystem,
     softmax_xent_sum,

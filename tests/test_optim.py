@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from minidni.gradcheck import assert_close
-from minidni.optim import SGD, Adam, StepSchedule, make_optimizer
+from minidni.core.gradcheck import assert_close
+from minidni.core.optim import SGD, Adam, StepSchedule, make_optimizer
 
 
 def _grads(rng, shape, n):

@@ -1,10 +1,10 @@
-"""minidni.plots: plot_alignment and plot_runs write real PNGs, refuse bad input, and draw what they are given."""
+"""minidni.runs.plots: plot_alignment and plot_runs write real PNGs, refuse bad input, and draw what they are given."""
 
 import numpy as np
 import pytest
 from matplotlib.legend import Legend
 
-from minidni.plots import plot_alignment, plot_runs
+from minidni.runs.plots import plot_alignment, plot_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -64,7 +64,7 @@ def test_alignment_rejects_bad_input(tmp_path, steps, cos, kw, message):
 
 
 def records(n_epochs, n_blocks, error0=50.0):
-    """Per-epoch dicts as minidni.train writes them; n_blocks = 0 for bprop (no "sg_loss" key at all)."""
+    """Per-epoch dicts as minidni.runs.train writes them; n_blocks = 0 for bprop (no "sg_loss" key at all)."""
     out = []
     for e in range(1, n_epochs + 1):
         r = {"epoch": e, "train_loss": 1.0 / e, "test_error_pct": error0 / e, "val_error_pct": None, "seconds": 0.1}

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from minidni.gradcheck import check_function
-from minidni.recurrent import LSTMCell, RecurrentNet, RNNCell, make_cell, unroll_backward, unroll_forward, zero_grads
+from minidni.core.gradcheck import check_function
+from minidni.recurrent.cells import LSTMCell, RecurrentNet, RNNCell, make_cell, unroll_backward, unroll_forward, zero_grads
 
 CELLS = [RNNCell, LSTMCell]
 

@@ -13,12 +13,12 @@ import copy
 import numpy as np
 import pytest
 
-from minidni import functional as F
-from minidni.gradcheck import numerical_gradient
-from minidni.optim import SGD, Adam
-from minidni.recurrent import LSTMCell, RecurrentNet, RNNCell
-from minidni.rnn_dni import TruncatedTrainer, clip_grad_norm
-from minidni.synthetic import SyntheticGradient
+from minidni.core import functional as F
+from minidni.core.gradcheck import numerical_gradient
+from minidni.core.optim import SGD, Adam
+from minidni.recurrent.cells import LSTMCell, RecurrentNet, RNNCell
+from minidni.recurrent.truncated import TruncatedTrainer, clip_grad_norm
+from minidni.dni.synthetic import SyntheticGradient
 
 T, B, D, H, O = 3, 2, 3, 4, 2
 

@@ -1,4 +1,4 @@
-"""The recurrent experiments (minidni.rnn_experiments) and their command line: the runs of each experiment and
+"""The recurrent experiments (minidni.experiments.recurrent) and their command line: the runs of each experiment and
 budget, the smoke budget end to end (results, table, figure), skipping finished runs, --jobs, and the flags."""
 
 import json
@@ -6,10 +6,11 @@ import random
 
 import pytest
 
-from minidni import cli, rnn_experiments
-from minidni.multinet import MultiNetConfig
-from minidni.rnn_experiments import COPY_MODES, PAPER_LENGTHS, make_runs, run_experiment
-from minidni.rnn_train import RNNConfig
+from minidni import cli
+from minidni.experiments import recurrent as rnn_experiments
+from minidni.recurrent.multinet import MultiNetConfig
+from minidni.experiments.recurrent import COPY_MODES, PAPER_LENGTHS, make_runs, run_experiment
+from minidni.runs.rnn_train import RNNConfig
 
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: temporary data cache, numpy backend
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -233,7 +234,7 @@ def test_charlm_smoke_on_a_text_file(tmp_path, monkeypatch):
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """minidni.rnn_experiments.run_experiment replaced by a recorder: the CLI's parsing without any training."""
+    """minidni.experiments.recurrent.run_experiment replaced by a recorder: the CLI's parsing without any training."""
     calls = []
     monkeypatch.setattr(rnn_experiments, "run_experiment", lambda *a, **kw: calls.append((a, kw)) or {})
     return calls
@@ -295,7 +296,7 @@ def test_cli_refuses_image_flags_for_recurrent_experiments(tmp_path, capsys, rec
 @pytest.mark.parametrize("flags", [["--text", "ptb:/data/ptb"], ["--seeds", "0,1"], ["--seeds", "1"]])
 @pytest.mark.parametrize("name", ["table1", "unlock"])
 def test_cli_refuses_recurrent_flags_for_image_experiments(tmp_path, capsys, name, flags, monkeypatch):
-    from minidni import experiments
+    from minidni.experiments import feedforward as experiments
 
     monkeypatch.setattr(experiments, "run_experiment", no_training)
     with pytest.raises(SystemExit) as exit_:

@@ -1,4 +1,4 @@
-"""Training runs for recurrent networks (minidni.rnn_train): configuration checks, the copy curriculum, exact
+"""Training runs for recurrent networks (minidni.runs.rnn_train): configuration checks, the copy curriculum, exact
 resume, the character-level language model with early stopping, and its loss and metric.
 
 Every run here is tiny (LSTM of 8 units, batches of 4, tens of episodes or updates): a fraction of a second each.
@@ -14,12 +14,12 @@ import re
 import numpy as np
 import pytest
 
-from minidni import rnn_train
-from minidni.checkpoint import CheckpointError, load_checkpoint, restore_arrays
-from minidni.gradcheck import check_function
-from minidni.recurrent import LSTMCell, RecurrentNet
-from minidni.rnn_train import RNNConfig, build, evaluate_bpc, load_corpus, read_metrics, softmax_xent_sum, train_rnn
-from minidni.text import CharVocab
+from minidni.runs import rnn_train
+from minidni.data.checkpoint import CheckpointError, load_checkpoint, restore_arrays
+from minidni.core.gradcheck import check_function
+from minidni.recurrent.cells import LSTMCell, RecurrentNet
+from minidni.runs.rnn_train import RNNConfig, build, evaluate_bpc, load_corpus, read_metrics, softmax_xent_sum, train_rnn
+from minidni.data.text import CharVocab
 
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: temporary data cache, numpy backend
 

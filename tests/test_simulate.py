@@ -1,4 +1,4 @@
-"""The schedule simulator plays the worker loops of minidni.workers event by event. Small cases are checked
+"""The schedule simulator plays the worker loops of minidni.parallel.workers event by event. Small cases are checked
 against times worked out by hand (costs that are powers of two, so the sums are exact); random costs check the
 invariants every schedule must keep: nobody reads a message before it arrives, a worker does one thing at a
 time, and timeline.earliest_schedule (with the message latency) reproduces every event."""
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from minidni.simulate import (
+from minidni.parallel.simulate import (
     SCHEDULES,
     BlockCost,
     Costs,
@@ -25,7 +25,7 @@ from minidni.simulate import (
     step_time,
     throughput,
 )
-from minidni.timeline import Event, earliest_schedule
+from minidni.runs.timeline import Event, earliest_schedule
 
 UNIT_HIDDEN = BlockCost(1.0, 1.0, 1.0, 1.0, 1.0)  # forward, backward, update, synthetic, sg_update
 UNIT_OUTPUT = BlockCost(1.0, 1.0, 1.0)
@@ -59,7 +59,7 @@ def times(events, block, kinds=None):
 
 def test_bprop_two_unit_blocks_by_hand():
     """Block 0: forward [0,1]; h reaches block 1 at 1+tau; block 1 forward, backward, update, and its dx (sent
-    after the update, as minidni.workers does) reaches block 0 at 4+2tau; block 0 backward, update. A step takes
+    after the update, as minidni.parallel.workers does) reaches block 0 at 4+2tau; block 0 backward, update. A step takes
     the sum of all costs plus two transfers: 6 + 2 tau."""
     tau = 0.25
     events = simulate(unit_costs(tau), "bprop", steps=3)

@@ -1,4 +1,4 @@
-"""The parallel benchmark (minidni.speedup) and the staleness experiment (minidni.staleness) on their smoke
+"""The parallel benchmark (minidni.parallel.speedup) and the staleness experiment (minidni.experiments.staleness) on their smoke
 budgets: the bookkeeping, the files, and the cost model's shape. Their speed figures are not tested (benchmarks
 print ratios; a timed test would only measure the test machine)."""
 
@@ -7,10 +7,11 @@ import math
 
 import pytest
 
-from minidni import speedup, staleness
+from minidni.parallel import speedup
+from minidni.experiments import staleness
 from minidni.cli import main
-from minidni.simulate import Costs
-from minidni.train import TrainConfig
+from minidni.parallel.simulate import Costs
+from minidni.runs.train import TrainConfig
 
 
 def test_measure_costs_times_every_piece_each_block_has():
@@ -76,7 +77,7 @@ def test_cli_rejects_worker_flags_that_do_not_go_together(capsys, isolated):
 
 
 def test_late_targets_add_a_prediction_to_every_module_regression():
-    from minidni.simulate import BlockCost
+    from minidni.parallel.simulate import BlockCost
 
     costs = Costs([BlockCost(1.0, 2.0, 0.5, 0.25, 0.75), BlockCost(1.0, 2.0, 0.5)], transfer=0.1, batch=8)
     late = speedup.late_targets(costs)

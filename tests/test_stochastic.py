@@ -5,10 +5,10 @@ import copy
 import numpy as np
 import pytest
 
-from minidni import stochastic
-from minidni.dni import build_network
-from minidni.gradcheck import assert_close
-from minidni.train import TrainConfig, train
+from minidni.dni import stochastic
+from minidni.dni.network import build_network
+from minidni.core.gradcheck import assert_close
+from minidni.runs.train import TrainConfig, train
 
 f64 = np.float64
 
@@ -180,7 +180,7 @@ def test_gated_dni_step_matches_its_written_out_form():
 
 @pytest.fixture(autouse=True)
 def no_plots(monkeypatch):
-    monkeypatch.setattr("minidni.train.plot_learning_curves", lambda *a, **k: None)  # matplotlib is slow
+    monkeypatch.setattr("minidni.runs.train.plot_learning_curves", lambda *a, **k: None)  # matplotlib is slow
 
 
 def test_dni_blocks_update_in_about_p_of_the_steps_in_a_real_run(tmp_path):

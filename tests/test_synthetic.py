@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from minidni.gradcheck import assert_close, check_function
-from minidni.optim import SGD
-from minidni.synthetic import SyntheticGradient, make_synthetic_gradient, one_hot
+from minidni.core.gradcheck import assert_close, check_function
+from minidni.core.optim import SGD
+from minidni.dni.synthetic import SyntheticGradient, make_synthetic_gradient, one_hot
 
 f64 = np.float64
 

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from minidni import tasks
-from minidni.gradcheck import assert_close, numerical_gradient
+from minidni.recurrent import tasks
+from minidni.core.gradcheck import assert_close, numerical_gradient
 
 
 def rng(seed=0):

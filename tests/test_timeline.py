@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from minidni.dni import build_network
-from minidni.timeline import Event, Timeline, earliest_schedule, makespan, plot_timeline, total_work
+from minidni.dni.network import build_network
+from minidni.runs.timeline import Event, Timeline, earliest_schedule, makespan, plot_timeline, total_work
 
 
 def counting_clock():
@@ -166,7 +166,7 @@ def test_plot_timeline_writes_a_png(tmp_path):
 
 
 def test_training_run_records_its_first_steps(tmp_path):
-    from minidni.train import TrainConfig, train
+    from minidni.runs.train import TrainConfig, train
 
     cfg = TrainConfig(data="spirals", model="fcn3", hidden=16, epochs=1, batch=64, train_subset=640, timeline=3,
                       out=str(tmp_path / "run"), progress=False)  # fmt: skip

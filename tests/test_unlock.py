@@ -6,11 +6,11 @@ import copy
 import numpy as np
 import pytest
 
-from minidni import functional as F
-from minidni.dni import build_network
-from minidni.gradcheck import assert_close
-from minidni.optim import Adam
-from minidni.train import TrainConfig, train
+from minidni.core import functional as F
+from minidni.dni.network import build_network
+from minidni.core.gradcheck import assert_close
+from minidni.core.optim import Adam
+from minidni.runs.train import TrainConfig, train
 
 f64 = np.float64
 
@@ -130,7 +130,7 @@ def test_evaluation_runs_the_real_forward_pass():
 def test_unlock_learns_spirals(tmp_path, monkeypatch):
     """FCN 4 completely unlocked on 3-class spirals, seed 0: the bound (<= 15%) has margin above the measured
     value; untrained is ~67%."""
-    monkeypatch.setattr("minidni.train.plot_learning_curves", lambda *a, **k: None)
+    monkeypatch.setattr("minidni.runs.train.plot_learning_curves", lambda *a, **k: None)
     cfg = TrainConfig(data="spirals", model="fcn4", mode="cdni", unlock=True, hidden=64, input_hidden=64, batch=64,
                       epochs=8, lr=1e-2, sg_lr=1e-3, val_size=300, seed=0, out=str(tmp_path / "run"),
                       progress=False)  # fmt: skip

@@ -1,9 +1,9 @@
-"""Blocks in workers (minidni.workers): the same numbers as one process where the schedule says they must be, the
+"""Blocks in workers (minidni.parallel.workers): the same numbers as one process where the schedule says they must be, the
 staleness the schedule allows and no more, and failures that stop the run with a clear error instead of a hang.
 
 Exactness is the invariant: with delay=d every worker's sequence of operations is fixed, so threads, processes
 and MPI ranks must give the run of a plain one-process loop in which each SG module learns from the target of
-step t-d at step t - bit for bit, checkpoint arrays included. delay=0 is minidni.dni's own step."""
+step t-d at step t - bit for bit, checkpoint arrays included. delay=0 is minidni.dni.network's own step."""
 
 import json
 import os
@@ -14,11 +14,11 @@ import time
 import numpy as np
 import pytest
 
-from minidni.checkpoint import load_checkpoint
-from minidni.dni import build_network, check_split, fcn_blocks
-from minidni.optim import StepSchedule
-from minidni.train import TrainConfig, build_from_config, load_data, lr_milestones, train
-from minidni.workers import WorkerError, connect, mpiexec_path
+from minidni.data.checkpoint import load_checkpoint
+from minidni.dni.network import build_network, check_split, fcn_blocks
+from minidni.core.optim import StepSchedule
+from minidni.runs.train import TrainConfig, build_from_config, load_data, lr_milestones, train
+from minidni.parallel.workers import WorkerError, connect, mpiexec_path
 
 TINY = dict(data="spirals", model="fcn4", hidden=16, epochs=2, batch=32, train_subset=320, progress=False)
 
@@ -154,7 +154,7 @@ def test_recorded_timeline_shows_the_workers_and_their_messages(tmp_path):
 
 
 def test_connect_links_bprop_backwards_to_the_block_above():
-    from minidni.timeline import Event
+    from minidni.runs.timeline import Event
 
     events = [
         Event(0, 0, 0, "forward", 0.0, 1.0),
@@ -224,7 +224,7 @@ def test_bad_settings_get_clear_errors(fields, message):
 
 
 def test_a_run_in_workers_is_not_resumed(tmp_path):
-    from minidni.checkpoint import CheckpointError
+    from minidni.data.checkpoint import CheckpointError
 
     cfg = TrainConfig(out=str(tmp_path / "r"), workers="thread", **TINY)
     with pytest.raises(CheckpointError, match="cannot be resumed"):
@@ -328,7 +328,7 @@ def test_a_dead_rank_ends_the_mpi_job(tmp_path):
 def test_worker_processes_do_not_outlive_a_killed_coordinator(tmp_path):
     """Kill the process that started the workers mid-run: its workers notice and exit (no orphans training on)."""
     script = (
-        "from minidni.train import TrainConfig, train\n"
+        "from minidni.runs.train import TrainConfig, train\n"
         f"train(TrainConfig(data='spirals', model='fcn3', hidden=16, epochs=200, batch=32, workers='process', "
         f"progress=False, out={str(tmp_path / 'run')!r}), log=print)\n"
     )
@@ -389,7 +389,7 @@ def test_an_mpi_run_that_rank_0_cannot_start_stops_every_rank(tmp_path):
 
 def test_a_split_network_runs_unfused_and_the_fused_step_refuses_it():
     from minidni.cuda.fused import FusedDNIStep
-    from minidni.train import attach_kernels
+    from minidni.runs.train import attach_kernels
 
     net = build_network(depth=4, split=(2, 2), d_in=5, hidden=7, n_classes=3)
     assert attach_kernels(net, "auto") == ("unfused", None)

@@ -24,7 +24,7 @@
 # 1. a 2-layer MLP on three spiral arms: the forward pass in plain NumPy, equal to minidni's layers;
 # 2. the chain rule, one layer at a time, with the shape of every array;
 # 3. every gradient computed by hand, and by the layers' `backward`, both checked against float64 central
-#    differences (`minidni.gradcheck`); a deliberately wrong backward fails the same check;
+#    differences (`minidni.core.gradcheck`); a deliberately wrong backward fails the same check;
 # 4. one SGD step by hand is the layers' update, bit for bit;
 # 5. a short training run by hand: loss curve and decision regions;
 # 6. where the locks are: what each layer has to wait for before it can update.
@@ -40,15 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-import minidni.functional as F
-from minidni.data import make_spirals
-from minidni.gradcheck import assert_close, numerical_gradient
-from minidni.layers import Linear, ReLU, Sequential
-from minidni.optim import SGD
-from minidni.plots import pyplot, save_figure
+import minidni.core.backend
+import minidni.core.functional as F
+from minidni.data.datasets import make_spirals
+from minidni.core.gradcheck import assert_close, numerical_gradient
+from minidni.core.layers import Linear, ReLU, Sequential
+from minidni.core.optim import SGD
+from minidni.runs.plots import pyplot, save_figure
 
-minidni.backend.set_backend("numpy")  # the hand computations below are NumPy
+minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -202,7 +202,7 @@ grads_layers = {
 #   {2 \epsilon}$$
 #
 # has an error of order $\epsilon^2$ (the $\epsilon^1$ terms of the Taylor series cancel), plus the rounding
-# error of the two losses divided by $2\epsilon$. `minidni.gradcheck.numerical_gradient(f, theta)` perturbs
+# error of the two losses divided by $2\epsilon$. `minidni.core.gradcheck.numerical_gradient(f, theta)` perturbs
 # $\theta$ in place, one entry at a time, and calls `f()` twice per entry. We compare with the *relative error*
 # of the whole array, $\lVert a - n \rVert / (\lVert a \rVert + \lVert n \rVert)$: about $10^{-9}$ or below
 # means "the same gradient", a wrong formula gives $10^{-2}$ to $1$.
@@ -272,7 +272,7 @@ assert abs(errors["bug: no 1/B"]["W1"] - (B_CHECK - 1) / (B_CHECK + 1)) < 1e-6
 # **Choosing $\epsilon$.** Too large, and the $\epsilon^2$ truncation error dominates (and a perturbation may
 # cross a ReLU's kink, where the function is not smooth); too small, and the rounding error of each loss,
 # about $10^{-16}$ relative, is divided by $2\epsilon$. The sweep below computes the relative error of $dW_1$
-# for $\epsilon$ from $10^{-12}$ to $10^{-1}$; the total error is smallest in between, and `minidni.gradcheck`
+# for $\epsilon$ from $10^{-12}$ to $10^{-1}$; the total error is smallest in between, and `minidni.core.gradcheck`
 # uses $\epsilon = 10^{-6}$.
 
 # %%

@@ -39,12 +39,12 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-from minidni.dni import build_network
-from minidni.plots import pyplot, save_figure
-from minidni.timeline import Timeline, earliest_schedule, makespan, plot_timeline, total_work
+import minidni.core.backend
+from minidni.dni.network import build_network
+from minidni.runs.plots import pyplot, save_figure
+from minidni.runs.timeline import Timeline, earliest_schedule, makespan, plot_timeline, total_work
 
-minidni.backend.set_backend("numpy")
+minidni.core.backend.set_backend("numpy")
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -81,7 +81,7 @@ print(f"{'tiny' if TINY else 'default'} size; figures go to {OUT}")
 # (a piece $S_i$), runs $B_i$ on it and updates. Its module regresses ($R_i$) onto block $i+1$'s $\delta_i$
 # estimate, so $R_i$ needs $B_{i+1}$ - the only thing block $i$ ever waits for from above.
 #
-# `minidni.timeline.Timeline` records these pieces: attach one with `net.record_timeline(timeline)` and every
+# `minidni.runs.timeline.Timeline` records these pieces: attach one with `net.record_timeline(timeline)` and every
 # training step records, per block, events of kind `forward`, `synthetic`, `backward`, `update` and `sg_update`,
 # each with its start, end and `needs`: the other blocks' events it read.
 

@@ -41,16 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-import minidni.functional as F
-from minidni.data import make_spirals
-from minidni.gradcheck import assert_close, numerical_gradient
-from minidni.layers import Linear, ReLU, Sequential
-from minidni.optim import SGD, Adam
-from minidni.plots import pyplot, save_figure
-from minidni.synthetic import SyntheticGradient, make_synthetic_gradient
+import minidni.core.backend
+import minidni.core.functional as F
+from minidni.data.datasets import make_spirals
+from minidni.core.gradcheck import assert_close, numerical_gradient
+from minidni.core.layers import Linear, ReLU, Sequential
+from minidni.core.optim import SGD, Adam
+from minidni.runs.plots import pyplot, save_figure
+from minidni.dni.synthetic import SyntheticGradient, make_synthetic_gradient
 
-minidni.backend.set_backend("numpy")  # the hand computations below are NumPy
+minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:

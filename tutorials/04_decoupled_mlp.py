@@ -41,13 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-import minidni.functional as F
-from minidni.data import iterate_minibatches, make_spirals, train_val_split
-from minidni.dni import build_network
-from minidni.gradcheck import assert_close
+import minidni.core.backend
+import minidni.core.functional as F
+from minidni.data.datasets import iterate_minibatches, make_spirals, train_val_split
+from minidni.dni.network import build_network
+from minidni.core.gradcheck import assert_close
 
-minidni.backend.set_backend("numpy")  # the hand computations below are NumPy; the engine could also run on CuPy
+minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy; the engine could also run on CuPy
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -469,8 +469,8 @@ else:
 # a subset will end above them.
 
 # %%
-from minidni.data import DataError, load_dataset  # noqa: E402
-from minidni.plots import plot_runs  # noqa: E402
+from minidni.data.datasets import DataError, load_dataset  # noqa: E402
+from minidni.runs.plots import plot_runs  # noqa: E402
 
 T_MNIST = time.perf_counter()
 MNIST_TRAIN = 256 if TINY else 10_000  # training images, a random subset of MNIST's 60,000
@@ -508,7 +508,7 @@ MNIST_MODES = {"bprop": {}, "cdni": {}, "dni": {"sg": "mlp", "sg_hidden": 256}, 
 
 
 def train_mnist(mode, seed=0):
-    """FCN3 on the MNIST subset; returns per-epoch records in the format minidni.train writes to metrics.jsonl."""
+    """FCN3 on the MNIST subset; returns per-epoch records in the format minidni.runs.train writes to metrics.jsonl."""
     net = build_network(depth=3, mode=mode, d_in=784, hidden=256, n_classes=10, seed=seed, **MNIST_MODES[mode])
     shuffle = np.random.default_rng([seed, 1])
     records = [{"epoch": 0, "train_loss": None, "test_error_pct": net.error_pct(xm_te, ym_te)}]  # untrained
@@ -535,7 +535,7 @@ for mode in MNIST_MODES:
     print(f"{mode:8s} {MNIST_EPOCHS} epochs: {seconds:5.1f}s of training;  test error % per epoch: {per_epoch}")
 
 # %% [markdown]
-# The learning curves (`minidni.plots.plot_runs`): training loss, test error, and each SG module's regression
+# The learning curves (`minidni.runs.plots.plot_runs`): training loss, test error, and each SG module's regression
 # loss. On MNIST, the paper's values are the dashed lines in the test-error panel, each in the colour of its mode.
 
 # %%

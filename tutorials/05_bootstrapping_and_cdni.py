@@ -43,15 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-import minidni.functional as F
-from minidni.data import iterate_minibatches, make_spirals
-from minidni.dni import build_network
-from minidni.gradcheck import assert_close
-from minidni.plots import plot_alignment, plot_runs, save_figure
-from minidni.synthetic import make_synthetic_gradient
+import minidni.core.backend
+import minidni.core.functional as F
+from minidni.data.datasets import iterate_minibatches, make_spirals
+from minidni.dni.network import build_network
+from minidni.core.gradcheck import assert_close
+from minidni.runs.plots import plot_alignment, plot_runs, save_figure
+from minidni.dni.synthetic import make_synthetic_gradient
 
-minidni.backend.set_backend("numpy")  # the hand computations below are NumPy
+minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -387,7 +387,7 @@ for when, f in fits.items():
 # ## 3. Training FCN6: bprop, nobprop, DNI and cDNI, bootstrapped and true targets
 #
 # Six ways to train the same FCN6 for `EPOCHS` epochs, each over `SEEDS`. Every epoch we keep a record in the
-# format `minidni.train` writes to `metrics.jsonl` (`epoch`, `train_loss`, `test_error_pct`, `sg_loss` per module),
+# format `minidni.runs.train` writes to `metrics.jsonl` (`epoch`, `train_loss`, `test_error_pct`, `sg_loss` per module),
 # and every `ALIGN_EVERY` steps the gradient alignment of each module on a held-out batch,
 # `Network.gradient_alignment`: the cosine between $\hat\delta_i$ and the true $\delta_i$ (it changes no parameter
 # or statistic).

@@ -21,7 +21,7 @@
 # backprop fails, that DNI still trains to 2% test error at $p_{update} = 0.2$, and that cDNI "trains
 # perfectly" at $p_{update} = 0.05$, only more slowly (the paper's results; see `docs/stochastic.md`).
 #
-# This tutorial builds the same experiment in `minidni.stochastic` and checks every claim it rests on:
+# This tutorial builds the same experiment in `minidni.dni.stochastic` and checks every claim it rests on:
 #
 # 1. **the gate**: one coin per block per forward pass, and a random order (`UpdateGate`);
 # 2. **why backprop breaks**: a gradient has to cross every coin between the loss and the block, so block $j$
@@ -44,13 +44,13 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-from minidni import stochastic
-from minidni.data import iterate_minibatches, make_spirals
-from minidni.dni import build_network
-from minidni.stochastic import UpdateGate
+import minidni.core.backend
+from minidni.dni import stochastic
+from minidni.data.datasets import iterate_minibatches, make_spirals
+from minidni.dni.network import build_network
+from minidni.dni.stochastic import UpdateGate
 
-minidni.backend.set_backend("numpy")
+minidni.core.backend.set_backend("numpy")
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:

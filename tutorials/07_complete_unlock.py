@@ -22,7 +22,7 @@
 # and update, the moment $x$ and its label exist. **The paper reports** that an FCN trained this way on MNIST,
 # every layer completely unlocked, still reaches 2% test error, more slowly (see `docs/unlock.md`).
 #
-# What you will see (`minidni.unlock`):
+# What you will see (`minidni.dni.unlock`):
 #
 # 1. the forward lock, and the synthetic-input model $I_j(x)$: an MLP that can learn a block's input from $x$;
 # 2. one completely unlocked step written out by hand, with the blocks run in *reverse* order, and checked bit
@@ -44,14 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-import minidni.functional as F
-from minidni.data import iterate_minibatches, make_spirals
-from minidni.dni import build_network
-from minidni.optim import Adam
-from minidni.unlock import SyntheticInput
+import minidni.core.backend
+import minidni.core.functional as F
+from minidni.data.datasets import iterate_minibatches, make_spirals
+from minidni.dni.network import build_network
+from minidni.core.optim import Adam
+from minidni.dni.unlock import SyntheticInput
 
-minidni.backend.set_backend("numpy")
+minidni.core.backend.set_backend("numpy")
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -169,7 +169,7 @@ assert fit[-1] < fit[0] / 10, "a synthetic input should be able to fit a block's
 # ## 2. One completely unlocked step, by hand
 #
 # On a batch $(x, c)$, with every predictor's parameters as they are before the step
-# (`minidni.unlock.unlocked_step`):
+# (`minidni.dni.unlock.unlocked_step`):
 #
 # 1. the synthetic inputs: $u_0 = x$ and $u_j = I_j(x)$ for $j = 1, 2, 3$;
 # 2. **every block, in any order** (none reads anything another block produced on this batch):

@@ -20,7 +20,7 @@
 #
 # 1. a convolution is **im2col + one matrix product**: a Linear layer applied at every position of the image,
 #    checked against the definition written as a loop;
-# 2. its backward, checked by **central differences** (`minidni.gradcheck`), and **max pooling**: where its
+# 2. its backward, checked by **central differences** (`minidni.core.gradcheck`), and **max pooling**: where its
 #    gradient goes;
 # 3. the **convolutional SG module**: it maps feature maps to feature maps of the same shape, predicts exactly
 #    zero at first, and for cDNI reads the label as **one-hot channel maps**; one cDNI step of a CNN3 written out
@@ -40,15 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-import minidni.functional as F
-from minidni.data import DataError, load_dataset
-from minidni.dni import build_network
-from minidni.gradcheck import assert_close, check_function, check_layer, numerical_gradient
-from minidni.layers import Conv2d, MaxPool2d
-from minidni.synthetic import make_synthetic_gradient
+import minidni.core.backend
+import minidni.core.functional as F
+from minidni.data.datasets import DataError, load_dataset
+from minidni.dni.network import build_network
+from minidni.core.gradcheck import assert_close, check_function, check_layer, numerical_gradient
+from minidni.core.layers import Conv2d, MaxPool2d
+from minidni.dni.synthetic import make_synthetic_gradient
 
-minidni.backend.set_backend("numpy")  # the hand computations below are NumPy
+minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:

@@ -16,7 +16,7 @@
 #
 # Tutorials 01-08 took single steps apart. Reproducing a table of the paper is a different job: dozens of
 # training runs, each hours long, that must survive being stopped, and whose numbers must end up next to the
-# paper's without mixing the two up. `minidni.experiments` does that job; the command line is
+# paper's without mixing the two up. `minidni.experiments.feedforward` does that job; the command line is
 #
 #     python -m minidni experiment {table1,stochastic,unlock} --budget {smoke,short,paper} --out DIR
 #
@@ -48,13 +48,13 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-from minidni import experiments
-from minidni.data import DataError, load_dataset
-from minidni.experiments import Run, budget_config, run_all, run_experiment
-from minidni.train import TrainConfig, load_data, read_metrics
+import minidni.core.backend
+from minidni.experiments import feedforward as experiments
+from minidni.data.datasets import DataError, load_dataset
+from minidni.experiments.feedforward import Run, budget_config, run_all, run_experiment
+from minidni.runs.train import TrainConfig, load_data, read_metrics
 
-minidni.backend.set_backend("numpy")
+minidni.core.backend.set_backend("numpy")
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -154,7 +154,7 @@ assert paper.batch == 256 and paper.lr == 3e-5 and paper.lr_decay_at == (0.6, 0.
 #
 # `run_experiment(name, budget, out, data_name, data=...)` builds the runs, trains each into
 # `out/runs/<name>/`, then writes the summary. Without `data` each run loads its data set itself
-# (`minidni.train.load_data`, from the cache or its sources). Here we load once and hand the arrays in: on
+# (`minidni.runs.train.load_data`, from the cache or its sources). Here we load once and hand the arrays in: on
 # MNIST when it is cached (and not in tiny mode), otherwise a stand-in of the same shape, 10 classes of
 # 784-feature rows (a class template plus noise). `data` is the tuple `load_data` returns,
 # `(x_train, y_train, x_val, y_val, x_test, y_test)`, already cut to the budget's subset sizes: the harness

@@ -17,7 +17,7 @@
 # Tutorials 01-09 decoupled the layers of a feed-forward network. The rest of the paper (Jaderberg et al. 2016,
 # section 3.1 and the recurrent experiments) decouples a recurrent network **from its own future**: a network that
 # reads a long sequence is trained in windows of $T$ steps, and a synthetic gradient stands in for everything the
-# window cannot see. This tutorial builds what that rests on, in `minidni.recurrent`, and proves with asserts:
+# window cannot see. This tutorial builds what that rests on, in `minidni.recurrent.cells`, and proves with asserts:
 #
 # 1. **the cells and the state** $s$: `RNNCell` ($s = h$) and `LSTMCell` ($s = [h, c]$); the LSTM's equations
 #    written out in NumPy equal the cell;
@@ -42,12 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-import minidni.functional as F
-from minidni.gradcheck import assert_close, check_function, numerical_gradient
-from minidni.recurrent import LSTMCell, RecurrentNet, RNNCell, unroll_backward, unroll_forward, zero_grads
+import minidni.core.backend
+import minidni.core.functional as F
+from minidni.core.gradcheck import assert_close, check_function, numerical_gradient
+from minidni.recurrent.cells import LSTMCell, RecurrentNet, RNNCell, unroll_backward, unroll_forward, zero_grads
 
-minidni.backend.set_backend("numpy")  # the hand computations below are NumPy
+minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -149,7 +149,7 @@ assert np.array_equal(rnn.features(s_rnn), s_rnn), "the RNN's state is read as i
 #     ds0, dxs = net.backward(dlogits, ds_L, cache, need_dxs=True)
 #
 # Each is checked against float64 central differences, $(L_{tot}(\theta + \epsilon) - L_{tot}(\theta - \epsilon))
-# / 2\epsilon$, one number at a time (`minidni.gradcheck`): the weights $W, b$, the readout $V, c$, every input
+# / 2\epsilon$, one number at a time (`minidni.core.gradcheck`): the weights $W, b$, the readout $V, c$, every input
 # $x_t$, the initial state $s_0$, and a gradient $\delta_L$ injected at the last state (that is where a
 # synthetic gradient will enter).
 

@@ -16,7 +16,7 @@
 #
 # Tutorial 10 showed that truncated BPTT loses one array per chunk boundary, the gradient of the future losses with
 # respect to the boundary state. Here a synthetic-gradient module predicts it, $M(s_T)$, and we check every piece of
-# `minidni.rnn_dni.TruncatedTrainer` against the math:
+# `minidni.recurrent.truncated.TruncatedTrainer` against the math:
 #
 # 1. **the tasks**: Copy and Repeat Copy (Graves et al. 2014), episodes as images, the loss in bits, and the
 #    curriculum with our "solved" criterion;
@@ -51,18 +51,18 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-import minidni.functional as F
-from minidni.gradcheck import assert_close, numerical_gradient
-from minidni.optim import Adam
-from minidni.recurrent import LSTMCell, RecurrentNet
-from minidni.rnn_dni import TruncatedTrainer
-from minidni.rnn_experiments import PAPER_LENGTHS, make_runs
-from minidni.rnn_train import train_copy
-from minidni.synthetic import SyntheticGradient
-from minidni.tasks import Curriculum, bits_per_bit, copy_episode, repeat_copy_episode, sigmoid_xent
+import minidni.core.backend
+import minidni.core.functional as F
+from minidni.core.gradcheck import assert_close, numerical_gradient
+from minidni.core.optim import Adam
+from minidni.recurrent.cells import LSTMCell, RecurrentNet
+from minidni.recurrent.truncated import TruncatedTrainer
+from minidni.experiments.recurrent import PAPER_LENGTHS, make_runs
+from minidni.runs.rnn_train import train_copy
+from minidni.dni.synthetic import SyntheticGradient
+from minidni.recurrent.tasks import Curriculum, bits_per_bit, copy_episode, repeat_copy_episode, sigmoid_xent
 
-minidni.backend.set_backend("numpy")  # the hand computations below are NumPy
+minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:

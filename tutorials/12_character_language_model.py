@@ -57,17 +57,17 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-import minidni.functional as F
-from minidni import text as textdata
-from minidni.data import default_cache_dir
-from minidni.gradcheck import assert_close
-from minidni.recurrent import LSTMCell, RecurrentNet
-from minidni.rnn_experiments import PAPER_PTB, make_runs
-from minidni.rnn_train import RNNConfig, build, evaluate_bpc, train_charlm
-from minidni.text import CharVocab, chunks, split_ids, stream_batches
+import minidni.core.backend
+import minidni.core.functional as F
+from minidni.data import text as textdata
+from minidni.data.datasets import default_cache_dir
+from minidni.core.gradcheck import assert_close
+from minidni.recurrent.cells import LSTMCell, RecurrentNet
+from minidni.experiments.recurrent import PAPER_PTB, make_runs
+from minidni.runs.rnn_train import RNNConfig, build, evaluate_bpc, train_charlm
+from minidni.data.text import CharVocab, chunks, split_ids, stream_batches
 
-minidni.backend.set_backend("numpy")  # the hand computations below are NumPy
+minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -297,7 +297,7 @@ assert build(cfg_lm, V, V).sg_discount == 0.1 and build(cfg_copy, 9, 8).sg_disco
 
 # %% [markdown]
 # Training opens forget gates whenever remembering pays, so the undiscounted targets of a real run can grow without
-# bound (`minidni.rnn_dni`'s notes record the language model's measured SG loss with $\lambda = 1$).
+# bound (`minidni.recurrent.truncated`'s notes record the language model's measured SG loss with $\lambda = 1$).
 #
 # ## 6. Training: truncated BPTT and DNI at $T = 5$
 #

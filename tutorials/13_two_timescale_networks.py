@@ -17,7 +17,7 @@
 # The paper's last recurrent setting (Jaderberg et al. 2016, the multi-network system; recalled, not checked) is
 # two networks that run at different clock rates: network B ticks once every $T$ ticks of network A and reads
 # only what A sends it. With backprop A must wait for B's backward pass before it can learn anything from B's
-# loss; a synthetic gradient on the link lets A update at once. `minidni.multinet` builds such a system around a
+# loss; a synthetic gradient on the link lets A update at once. `minidni.recurrent.multinet` builds such a system around a
 # task designed so that B can succeed **only if A learns from B's loss**, and this tutorial proves with asserts:
 #
 # 1. **the system and the task**: A names the symbol it is reading, B must name the symbol A read at the start of
@@ -46,14 +46,14 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-import minidni.functional as F
-from minidni.gradcheck import assert_close, numerical_gradient
-from minidni.multinet import SOLVED_ACCURACY, MultiNetConfig, TwoTimescaleSystem, train_multinet
-from minidni.recurrent import LSTMCell, RecurrentNet
-from minidni.rnn_experiments import make_runs
+import minidni.core.backend
+import minidni.core.functional as F
+from minidni.core.gradcheck import assert_close, numerical_gradient
+from minidni.recurrent.multinet import SOLVED_ACCURACY, MultiNetConfig, TwoTimescaleSystem, train_multinet
+from minidni.recurrent.cells import LSTMCell, RecurrentNet
+from minidni.experiments.recurrent import make_runs
 
-minidni.backend.set_backend("numpy")  # the hand computations below are NumPy
+minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:

@@ -55,18 +55,18 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-from minidni.backend import gpu_available
+import minidni.core.backend
+from minidni.core.backend import gpu_available
 from minidni.cuda import nvrtc, ops, reference, report, traffic
 from minidni.cuda.emulator import LaunchError, unavailable_reason
 from minidni.cuda.loader import Kernels, get_kernels, kernel_dir
-from minidni.data import DataError, iterate_minibatches, load_dataset
-from minidni.dni import build_network
-from minidni.gradcheck import assert_close
-from minidni.optim import Adam
-from minidni.plots import save_figure
+from minidni.data.datasets import DataError, iterate_minibatches, load_dataset
+from minidni.dni.network import build_network
+from minidni.core.gradcheck import assert_close
+from minidni.core.optim import Adam
+from minidni.runs.plots import save_figure
 
-minidni.backend.set_backend("numpy")  # the hand computations and the emulator work on NumPy arrays
+minidni.core.backend.set_backend("numpy")  # the hand computations and the emulator work on NumPy arrays
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -140,7 +140,7 @@ def skipped(what, reason):
 # $$\delta = \hat\delta \odot [h > 0] \qquad (B \times D),$$
 #
 # then through batch norm to $\partial z$, and the weight gradient and its Adam step (minidni's sum form,
-# `minidni/optim.py`):
+# `minidni/core/optim.py`):
 #
 # $$g = x^\top \partial z, \quad M \leftarrow \beta_1 M + g, \quad V \leftarrow \beta_2 V + g^2, \quad
 #   W \leftarrow W - a_t\, \frac{M}{\sqrt V + \epsilon_t}.$$
@@ -977,7 +977,7 @@ if GPU:
         assert_close(got_delta.get(), want_delta, rtol=tol(Du_), atol=tol(Du_), name=f"GPU sg_predict_v{v} delta")
     print(f"GPU: every sg_predict version equals the reference at B, D_u, D = {SHAPES[-1]}")
 
-    minidni.backend.set_backend("cupy")
+    minidni.core.backend.set_backend("cupy")
     try:
         engine, fused = small_fcn3(), small_fcn3()
         fused.use_kernels(gpu_kernels)
@@ -989,9 +989,9 @@ if GPU:
             assert_close(mine[k].get(), theirs[k].get(), rtol=1e-4, atol=1e-4, name=f"GPU fused step: {k}")
         print("GPU: four fused steps = four engine steps on CuPy arrays")
     finally:
-        minidni.backend.set_backend("numpy")
+        minidni.core.backend.set_backend("numpy")
 else:
-    skipped("the GPU cells (section 7)", "no GPU here (minidni.backend.gpu_available() is False)")
+    skipped("the GPU cells (section 7)", "no GPU here (minidni.core.backend.gpu_available() is False)")
 
 # %% [markdown]
 # ### What it shows, honestly

@@ -32,7 +32,7 @@
 # 5. feedback alignment (FA) and direct feedback alignment (DFA) as fixed, untrained synthetic gradients, next to
 #    backprop and a learned SG on a small classifier.
 #
-# The code is `minidni/czarnecki.py`; `python -m minidni experiment czarnecki` runs the full grid (docs/czarnecki.md).
+# The code is `minidni/experiments/czarnecki.py`; `python -m minidni experiment czarnecki` runs the full grid (docs/czarnecki.md).
 # Sizes: `MINIDNI_TINY=1` shrinks the runs so that the script takes a few seconds (every check still runs);
 # figures go to `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
 
@@ -45,14 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-from minidni import czarnecki as cz
-from minidni.data import make_spirals
-from minidni.feedback import build_feedback_network
-from minidni.gradcheck import assert_close
-from minidni.plots import pyplot, save_figure
+import minidni.core.backend
+from minidni.experiments import czarnecki as cz
+from minidni.data.datasets import make_spirals
+from minidni.dni.feedback import build_feedback_network
+from minidni.core.gradcheck import assert_close
+from minidni.runs.plots import pyplot, save_figure
 
-minidni.backend.set_backend("numpy")  # minidni.czarnecki is NumPy code (float64 throughout)
+minidni.core.backend.set_backend("numpy")  # minidni.experiments.czarnecki is NumPy code (float64 throughout)
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -226,7 +226,7 @@ save_figure(fig, OUT / FIGURES[1])
 #
 # Ten layers $D \to D \to \dots \to D \to 1$, no nonlinearity (random orthogonal $D \times D$ layers), so the
 # model computes one linear map $M = W_1 W_2 \cdots W_{10}$, and its optimum under MSE is still least squares.
-# Four ways to train it (`minidni.czarnecki.MODES`):
+# Four ways to train it (`minidni.experiments.czarnecki.MODES`):
 #
 # * `bp`: backprop;
 # * `sg_out`: one module on the output $z$; all ten layers follow its prediction;
@@ -374,7 +374,7 @@ save_figure(fig, OUT / FIGURES[3])
 # A cDNI module reads the label; DFA reads the output error $e = (\mathrm{softmax}(\text{logits}) -
 # \mathrm{onehot}(y)) / B$, which carries the label and the network's current answer, but not $h_i$.
 #
-# `minidni.feedback` (`build_feedback_network`) puts all four behind one interface. On three spirals hidden among
+# `minidni.dni.feedback` (`build_feedback_network`) puts all four behind one interface. On three spirals hidden among
 # 20 noise coordinates (a network whose first layer learns nothing cannot find them), an FCN3 (32 hidden units,
 # batch norm, Adam) is trained with each signal for the hidden blocks. The checks: DFA's signal is a linear
 # function of $e$ through a fixed $B$ - every row lies in the $K$-dimensional row space of $B$ - and $B$ never

@@ -15,9 +15,9 @@
 # # Tutorial 16: blocks that train in parallel workers
 #
 # Tutorial 02 recorded the work of every block in *one* process and computed what the locks would allow if
-# every block had a worker of its own. This tutorial gives every block a worker of its own (`minidni.workers`)
+# every block had a worker of its own. This tutorial gives every block a worker of its own (`minidni.parallel.workers`)
 # and records what really happens, with the real clock, in each worker. Then it predicts the same thing from
-# measured costs (`minidni.simulate`) and asks how well the prediction did.
+# measured costs (`minidni.parallel.simulate`) and asks how well the prediction did.
 #
 # What you will see:
 #
@@ -51,11 +51,11 @@ from pathlib import Path
 
 import numpy as np
 
-import minidni.backend
-from minidni.checkpoint import load_checkpoint
-from minidni.data import DataError, load_dataset
-from minidni.plots import pyplot, save_figure
-from minidni.simulate import (
+import minidni.core.backend
+from minidni.data.checkpoint import load_checkpoint
+from minidni.data.datasets import DataError, load_dataset
+from minidni.runs.plots import pyplot, save_figure
+from minidni.parallel.simulate import (
     BlockCost,
     Costs,
     plot_scaling,
@@ -66,12 +66,12 @@ from minidni.simulate import (
     split_costs,
     step_time,
 )
-from minidni.speedup import costs_in_subprocess, late_targets, measure_transfer, measured_timeline, without_modules
-from minidni.timeline import draw_timeline, legend_handles
-from minidni.train import TrainConfig, train
-from minidni.workers import CRASH_ENV, WorkerError, mpiexec_path, plot_staleness
+from minidni.parallel.speedup import costs_in_subprocess, late_targets, measure_transfer, measured_timeline, without_modules
+from minidni.runs.timeline import draw_timeline, legend_handles
+from minidni.runs.train import TrainConfig, train
+from minidni.parallel.workers import CRASH_ENV, WorkerError, mpiexec_path, plot_staleness
 
-minidni.backend.set_backend("numpy")  # the workers run the engine on the CPU
+minidni.core.backend.set_backend("numpy")  # the workers run the engine on the CPU
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -115,7 +115,7 @@ print(f"{'tiny' if TINY else 'default'} size; figures go to {OUT}; load average 
 # ## 1. The worker loop
 #
 # A network of $N$ blocks, $h_i = f_i(h_{i-1})$, $h_{-1} = x$, block $N-1$ the output block with the loss $L$.
-# In `minidni.workers` every block runs in a worker of its own, and the only thing that couples two neighbours
+# In `minidni.parallel.workers` every block runs in a worker of its own, and the only thing that couples two neighbours
 # is a message:
 #
 # * **up**, block $i \to i+1$: $(t, h_i, y)$, the activations of step $t$ and the labels (cDNI's modules and the
@@ -142,7 +142,7 @@ print(f"{'tiny' if TINY else 'default'} size; figures go to {OUT}; load average 
 #
 # * `delay=d`: after its update of step $t$, block $i$ waits for the target of step $t - d$ and regresses
 #   onto it. Deterministic: threads, processes and MPI ranks give the same numbers, and `delay=0` is exactly the
-#   one-process step of `minidni.dni` (each module learns from step $t$'s target within step $t$);
+#   one-process step of `minidni.dni.network` (each module learns from step $t$'s target within step $t$);
 # * `delay=None` (asynchronous): block $i$ regresses onto whatever targets have arrived and waits only when more
 #   than `max_inflight` are outstanding. The **staleness** $t - s$ of each target is whatever the speeds make it,
 #   and the run logs it.

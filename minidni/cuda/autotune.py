@@ -31,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import norm_ops, ops
-from .checks import UNFUSED
-from .fused import OPTIMIZER_CODES
-from .loader import kernel_dir
-from .timing import DeviceTimer
+from minidni.cuda import norm_ops
+from minidni.cuda import ops
+from minidni.cuda.checks import UNFUSED
+from minidni.cuda.fused import OPTIMIZER_CODES
+from minidni.cuda.loader import kernel_dir
+from minidni.cuda.timing import DeviceTimer
 
 TOLERANCE = 1.05  # a kernel is kept unless it takes more than 5 % longer than the unfused alternative
 REPEATS = 20  # calls per timed round (3 rounds, the median)
@@ -75,7 +76,7 @@ def device_identity(kernels):
         return {"device": "CPU emulator (wall-clock timings: a check of the logic, not of a GPU)"}
     import cupy
 
-    from . import nvrtc
+    from minidni.cuda import nvrtc
 
     runtime = cupy.cuda.runtime
     props = runtime.getDeviceProperties(cupy.cuda.Device().id)

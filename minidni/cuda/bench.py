@@ -29,12 +29,13 @@ import time
 
 import numpy as np
 
-from . import norm_ops, ops
-from .autotune import op_runner, plan_for
-from .checks import UNFUSED
-from .fused import OPTIMIZER_CODES
-from .loader import Kernels, get_kernels
-from .timing import DeviceTimer
+from minidni.cuda import norm_ops
+from minidni.cuda import ops
+from minidni.cuda.autotune import op_runner, plan_for
+from minidni.cuda.checks import UNFUSED
+from minidni.cuda.fused import OPTIMIZER_CODES
+from minidni.cuda.loader import Kernels, get_kernels
+from minidni.cuda.timing import DeviceTimer
 
 FP32 = 4  # bytes
 # FP32 lanes per SM by compute capability major.minor (CUDA programming guide, arithmetic instructions table)
@@ -166,7 +167,7 @@ def bench_steps(kernels, widths, batch, repeats, modes=("cdni", "dni"), out=prin
     """Whole training steps on random MNIST-shaped data, host included: unfused (the engine's ops), fused (every
     operation by its kernel) and auto (each operation by kernel or unfused, as `--kernels auto` chooses on this
     device: minidni.cuda.autotune)."""
-    from ..dni import build_network
+    from minidni.dni.network import build_network
 
     xp, rng, rows = kernels.xp, np.random.default_rng(seed), []
     x = xp.asarray(rng.standard_normal((batch, 784)).astype(np.float32))
@@ -204,7 +205,7 @@ def bench_steps(kernels, widths, batch, repeats, modes=("cdni", "dni"), out=prin
 def run(target="cupy", widths=(256, 1024), batch=256, repeats=50, out=print):
     """Both tables. target='cupy' needs a GPU (BackendError otherwise); 'emulator' is a harness check only."""
     if target == "cupy":
-        from ..backend import set_backend
+        from minidni.core.backend import set_backend
 
         set_backend("cupy")  # raises BackendError, saying why, where there is no GPU
         kernels, peaks = Kernels("cupy"), device_info()

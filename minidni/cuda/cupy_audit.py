@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cupy_api import CupyApi, CupyMissing, numpy_only_ndarray_methods
+from minidni.cuda.cupy_api import CupyApi, CupyMissing, numpy_only_ndarray_methods
 
 PACKAGE = Path(__file__).resolve().parents[1]  # minidni/
 
@@ -42,20 +42,20 @@ HOST_ONLY = {
     "__init__.py": "no calls",
     "__main__.py": "runs the command line",
     "cli.py": "parses arguments and calls the modules that compute",
-    "data.py": "file formats and downloads: NumPy arrays on the host, uploaded by train.load_data",
-    "text.py": "corpora and character ids on the host, uploaded by the recurrent trainers",
-    "plots.py": "matplotlib, on host copies of metrics",
-    "compare.py": "reads finished runs' metrics.jsonl",
-    "czarnecki.py": "NumPy by design: it raises BackendError under any other backend",
-    "simulate.py": "a schedule model over measured costs: no network arrays",
-    "speedup.py": "starts runs and reads their metrics",
-    "staleness.py": "starts runs and reads their metrics",
-    "experiments.py": "starts runs and reads their metrics",
-    "rnn_experiments.py": "starts runs and reads their metrics",
-    "timeline.py": "records times, not arrays",
-    "gradcheck.py": "float64 numerical checks on host copies (to_numpy first)",
-    "bench.py": "times the engine on the numpy backend only (the GPU benchmark is cuda/bench.py)",
-    "workers.py": "blocks in processes exchange NumPy arrays; runs in workers use the numpy backend",
+    "data/datasets.py": "file formats and downloads: NumPy arrays on the host, uploaded by train.load_data",
+    "data/text.py": "corpora and character ids on the host, uploaded by the recurrent trainers",
+    "runs/plots.py": "matplotlib, on host copies of metrics",
+    "experiments/compare.py": "reads finished runs' metrics.jsonl",
+    "experiments/czarnecki.py": "NumPy by design: it raises BackendError under any other backend",
+    "parallel/simulate.py": "a schedule model over measured costs: no network arrays",
+    "parallel/speedup.py": "starts runs and reads their metrics",
+    "experiments/staleness.py": "starts runs and reads their metrics",
+    "experiments/feedforward.py": "starts runs and reads their metrics",
+    "experiments/recurrent.py": "starts runs and reads their metrics",
+    "runs/timeline.py": "records times, not arrays",
+    "core/gradcheck.py": "float64 numerical checks on host copies (to_numpy first)",
+    "experiments/bench.py": "times the engine on the numpy backend only (the GPU benchmark is cuda/bench.py)",
+    "parallel/workers.py": "blocks in processes exchange NumPy arrays; runs in workers use the numpy backend",
     "cuda/__init__.py": "no calls",
     "cuda/emulator.py": "runs kernels on NumPy arrays on the CPU",
     "cuda/nvrtc.py": "the compiler, no arrays",

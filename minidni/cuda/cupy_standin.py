@@ -27,7 +27,7 @@ the arrays there are NumPy's. This module makes them visible. `CupyStandin` is a
 `StandinKernels` runs the CUDA kernels on the CPU emulator with DeviceArray arguments, so the fused step's Python
 runs under the same rules.
 
-What this module deliberately is not: a backend. Nothing chooses it (minidni.backend.set_backend never does);
+What this module deliberately is not: a backend. Nothing chooses it (minidni.core.backend.set_backend never does);
 it exists for the tests and `python -m minidni doctor`, and it proves nothing about kernels, timings or numerics on
 a GPU. It is also not CuPy: it knows CuPy's API and the rules above, not its every behaviour.
 """
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cupy_api import HOST_INPUT_FUNCTIONS, CupyApi
+from minidni.cuda.cupy_api import HOST_INPUT_FUNCTIONS, CupyApi
 
 IMPLICIT = (
     "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array "
@@ -66,7 +66,7 @@ _SKIPPED = (os.path.abspath(__file__), os.path.join(os.path.dirname(_HERE), "bac
 
 
 def _caller():
-    """file:line of the innermost frame outside this module and minidni.backend: the code that made the read."""
+    """file:line of the innermost frame outside this module and minidni.core.backend: the code that made the read."""
     for frame in reversed(traceback.extract_stack()[:-1]):
         if os.path.abspath(frame.filename) not in _SKIPPED:
             return f"{os.path.relpath(frame.filename)}:{frame.lineno}"
@@ -269,8 +269,8 @@ class CupyStandin:
 
     @contextlib.contextmanager
     def active(self):
-        """Make this the active array module (minidni.backend, under the name "cupy") for the block."""
-        from .. import backend
+        """Make this the active array module (minidni.core.backend, under the name "cupy") for the block."""
+        from minidni.core import backend
 
         saved = backend.active_module()
         backend.use_array_module("cupy", self)
@@ -446,6 +446,6 @@ class StandinKernels:
 
 
 def standin_kernels(standin):
-    from .loader import get_kernels
+    from minidni.cuda.loader import get_kernels
 
     return StandinKernels(standin, get_kernels("emulator"))

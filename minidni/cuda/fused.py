@@ -1,4 +1,4 @@
-"""The DNI / cDNI training step of minidni.dni.Network, run through the fused kernels.
+"""The DNI / cDNI training step of minidni.dni.network.Network, run through the fused kernels.
 
 It is the same step, in the same order, as Network._dni_step - read that first. What changes is how each
 piece is computed (kernel names are kernels/*.cu files):
@@ -19,7 +19,7 @@ piece is computed (kernel names are kernels/*.cu files):
 Everything works on whatever arrays the `kernels` target takes: cupy arrays on a GPU, numpy arrays with the
 CPU emulator - which is how the test suite checks, without a GPU, that this step equals the engine's.
 
-What this module deliberately is not: general. It runs networks made by minidni.dni.fcn_blocks (hidden
+What this module deliberately is not: general. It runs networks made by minidni.dni.network.fcn_blocks (hidden
 blocks Linear [-> BatchNorm1d] -> ReLU|Tanh|Sigmoid, a Linear output block) with linear or MLP SG modules and
 bootstrapped targets; anything else is refused at construction with the reason.
 """
@@ -28,13 +28,14 @@ import math
 
 import numpy as np
 
-from .. import functional as F
-from ..backend import to_numpy
-from ..dni import DivergenceError
-from ..layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
-from . import norm_ops, ops
-from .checks import check_version
-from .reference import ACTS
+from minidni.core import functional as F
+from minidni.core.backend import to_numpy
+from minidni.dni.network import DivergenceError
+from minidni.core.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
+from minidni.cuda import norm_ops
+from minidni.cuda import ops
+from minidni.cuda.checks import check_version
+from minidni.cuda.reference import ACTS
 
 _ACT_OF = {ReLU: ACTS["relu"], Tanh: ACTS["tanh"], Sigmoid: ACTS["sigmoid"]}
 OPTIMIZER_CODES = {"sgd": 0, "adam": 1}  # the optimiser in a plan's key (its kernels differ)

@@ -145,7 +145,7 @@ class Kernels:
             self.xp = cupy
             self._build = lambda stem: cupy.RawModule(code=module_source(stem), options=include_options())
         else:
-            from .emulator import EmulatedModule
+            from minidni.cuda.emulator import EmulatedModule
 
             self.xp = np
             self._build = lambda stem: EmulatedModule(code=module_source(stem), options=include_options(), name=stem)

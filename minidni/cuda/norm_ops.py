@@ -19,10 +19,10 @@ What this module deliberately is not: a layer. Caches and running statistics are
 
 import numpy as np
 
-from . import unfused
-from .checks import UNFUSED, ceil_div, check_array, check_matrix, check_version
-from .ops import check_labels
-from .reference import ACTS
+from minidni.cuda import unfused
+from minidni.cuda.checks import UNFUSED, ceil_div, check_array, check_matrix, check_version
+from minidni.cuda.ops import check_labels
+from minidni.cuda.reference import ACTS
 
 VERSIONS = {
     "bn_forward_train": (1, 2),

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import array_module, to_numpy
-from . import unfused
-from .checks import UNFUSED, ceil_div, check_array, check_matrix, check_type, check_version
+from minidni.core.backend import array_module, to_numpy
+from minidni.cuda import unfused
+from minidni.cuda.checks import UNFUSED, ceil_div, check_array, check_matrix, check_type, check_version
 
 VERSIONS = {
     "linear_forward": (1, 2, 3),
@@ -59,7 +59,7 @@ def _labels_arg(kernels, labels, B, n_classes, checked):
 
 def check_labels(labels, n_classes):
     """labels in [0, n_classes), or ValueError. For device labels this is one read back to the host, which waits
-    for the device: check labels on the host before upload where you can (minidni.train does, once per run)."""
+    for the device: check labels on the host before upload where you can (minidni.runs.train does, once per run)."""
     if labels.size == 0:
         return
     lo, hi = (int(v) for v in to_numpy(array_module(labels).stack((labels.min(), labels.max()))))
@@ -89,8 +89,8 @@ class OptimizerStep:
 
 
 def optimizer_kind(opt):
-    """"sgd" or "adam": which kernels run the steps of minidni.optim optimiser `opt` (TypeError for others)."""
-    from ..optim import SGD, Adam
+    """"sgd" or "adam": which kernels run the steps of minidni.core.optim optimiser `opt` (TypeError for others)."""
+    from minidni.core.optim import SGD, Adam
 
     if isinstance(opt, Adam):
         return "adam"
@@ -100,7 +100,7 @@ def optimizer_kind(opt):
 
 
 def optimizer_step_of(opt, lo, hi, shape, name="params"):
-    """The current step of minidni.optim optimiser `opt` restricted to elements [lo, hi) of its flat parameter
+    """The current step of minidni.core.optim optimiser `opt` restricted to elements [lo, hi) of its flat parameter
     `name`, viewed as `shape`. Call opt.begin_step() once per step first (Adam folds its constants there)."""
 
     def view(a):

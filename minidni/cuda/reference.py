@@ -1,4 +1,4 @@
-"""The NumPy reference of every CUDA kernel, written with minidni's own math (minidni.functional, minidni.optim).
+"""The NumPy reference of every CUDA kernel, written with minidni's own math (minidni.core.functional, minidni.core.optim).
 
 A kernel is correct when it returns what its reference returns, to float32 tolerance, on shapes that are not
 multiples of its tile or block sizes. Each reference states the kernel's contract: inputs, outputs, and which
@@ -10,13 +10,13 @@ Conventions shared with the kernels:
     label rows       a label-conditioned (cDNI) linear map reads [h, onehot(y)]; its weight is [A; C] with C (K, D)
                      and the kernels gather row C[y_b] instead of multiplying by a one-hot
     flat parameters  a layer's weight and bias are one contiguous (D_in [+ K] + 1, D_out) matrix, weight rows
-                     first and the bias as the last row, exactly as minidni.layers.flatten_parameters lays them out
-    optimisers       SGD with momentum and Adam in minidni.optim's sum form (M, V), one step per call
+                     first and the bias as the last row, exactly as minidni.core.layers.flatten_parameters lays them out
+    optimisers       SGD with momentum and Adam in minidni.core.optim's sum form (M, V), one step per call
 """
 
 import numpy as np
 
-from .. import functional as F
+from minidni.core import functional as F
 
 ACTS = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
 
@@ -89,14 +89,14 @@ def sg_predict(u, P, labels, n_classes, h, act, inv_scale=1.0):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# optimiser steps, as minidni.optim takes them (one step on the whole array)
+# optimiser steps, as minidni.core.optim takes them (one step on the whole array)
 
 
 def optimizer_step(kind, P, grad, state, lr, t=1, momentum=0.9, betas=(0.9, 0.999), eps=1e-8):
     """Apply one step of minidni's SGD ('sgd', state = {"velocity": V}) or Adam ('adam', state = {"M", "V"}) to
     P in place, through the engine's optimiser classes. `t` is the step number this step will have (Adam's bias
     correction)."""
-    from ..optim import SGD, Adam
+    from minidni.core.optim import SGD, Adam
 
     if kind == "sgd":
         opt = SGD({"p": P}, lr, momentum=momentum)
@@ -146,7 +146,7 @@ def sg_update(u, labels, n_classes, dh_syn, dh_target, scale, P, kind, state, lr
 
 def bn_forward_train(z, gamma, beta, running_mean, running_var, act, momentum=0.1, eps=1e-5):
     """z (B, D) -> h = f(BN(z)) (B, D), and the cache (xhat (B, D), inv_std (D,)); mean and variance are the
-    batch's, and the running statistics are updated in place exactly as minidni.layers.BatchNorm1d does."""
+    batch's, and the running statistics are updated in place exactly as minidni.core.layers.BatchNorm1d does."""
     y, (xhat, inv_std, _, mean, var) = F.batchnorm_forward_train(z, gamma, beta, eps)
     B = z.shape[0]
     running_mean *= 1 - momentum

@@ -3,8 +3,8 @@ unfused.
 
 Each path is written out as the list of operations it launches, in order, with the bytes each one reads and
 writes, counted the way a roofline model counts them: every operand array read once and every result written
-once per launch (caches ignored). The unfused list follows the engine's code line by line (minidni.functional,
-minidni.layers, minidni.optim, minidni.synthetic, as CuPy runs them: one launch per array operation); the fused
+once per launch (caches ignored). The unfused list follows the engine's code line by line (minidni.core.functional,
+minidni.core.layers, minidni.core.optim, minidni.dni.synthetic, as CuPy runs them: one launch per array operation); the fused
 list follows minidni.cuda.fused. docs/kernels.md prints both at the benchmark's shapes.
 
 The network is the benchmark's: FCN with batch norm and ReLU, linear cDNI synthetic-gradient modules, Adam.
@@ -23,7 +23,7 @@ def _op(ops, name, launches, read, write, kernel=False):
 
 
 def _adam(ops, name, N):
-    """minidni.optim.Adam's 10 in-place passes over a flat parameter of N elements (see its docstring)."""
+    """minidni.core.optim.Adam's 10 in-place passes over a flat parameter of N elements (see its docstring)."""
     reads = [1, 2, 2, 1, 2, 1, 1, 2, 1, 2]  # operands per pass: M*=, M+=g, g*g, V*=, V+=, sqrt, +eps, M/, *a, p-=
     _op(ops, f"{name}: Adam, 10 elementwise passes", 10, F32 * N * sum(reads), F32 * N * 10)
 

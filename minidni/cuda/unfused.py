@@ -14,11 +14,11 @@ the engine's own functions on NumPy arrays, and the tests hold both the kernels 
 
 import numpy as np
 
-from .. import functional as F
-from ..backend import array_module
-from ..optim import adam_update, sgd_update
-from ..synthetic import one_hot
-from . import reference
+from minidni.core import functional as F
+from minidni.core.backend import array_module
+from minidni.core.optim import adam_update, sgd_update
+from minidni.dni.synthetic import one_hot
+from minidni.cuda import reference
 
 
 def _act(z, act):
@@ -44,7 +44,7 @@ def _act_backward(dh, h, act):
 
 
 def apply_step(P, g, step):
-    """P <- P - opt(g) in place, with an ops.OptimizerStep: minidni.optim's own update rules, on the step's state."""
+    """P <- P - opt(g) in place, with an ops.OptimizerStep: minidni.core.optim's own update rules, on the step's state."""
     tmp = array_module(P).empty_like(P)
     if step.kind == "adam":
         adam_update(P, g, *step.state, *step.scalars, tmp)  # scalars: a_t, eps_t, beta1, beta2
@@ -106,7 +106,7 @@ def optimizer_step(kernels, P, grad, step):
 
 
 def bn_forward_train(kernels, z, gamma, beta, running_mean, running_var, act, momentum=0.1, eps=1e-5):
-    """minidni.functional's batch norm with the running statistics and f: the reference itself, which is the
+    """minidni.core.functional's batch norm with the running statistics and f: the reference itself, which is the
     engine's own functions and works on either library's arrays."""
     return reference.bn_forward_train(z, gamma, beta, running_mean, running_var, act, momentum, eps)
 
