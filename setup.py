@@ -1,6 +1,13 @@
 """Packaging for minidni: `pip install .` (or `pip install -e .[test]` for development)."""
 
-from setuptools import setup
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).resolve().parent
+# one version, written once: minidni/version.py (the package reads it from there too)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "minidni" / "version.py").read_text(encoding="utf-8"))[1]
 
 # Where PyPI has cupy-cuda13x wheels (14.2: manylinux x86_64 and aarch64, Windows x86-64). Elsewhere the test extra
 # leaves CuPy out and the tests that need it skip, saying so; the gpu extra has no marker, so that asking for a GPU
@@ -12,12 +19,14 @@ CUPY_WHEELS = (
 
 setup(
     name="minidni",
-    version="0.1.0",
+    version=VERSION,
     description="Synthetic gradients and Decoupled Neural Interfaces (DNI) from scratch, written to be read",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
-    packages=["minidni", "minidni.cuda", "minidni.kernels"],
+    # every package under minidni/, found (a new subpackage cannot be left out), and the kernels folder installed
+    # as minidni.kernels; CI builds the wheel and imports every subpackage from a fresh venv to prove it
+    packages=find_packages(include=["minidni", "minidni.*"]) + ["minidni.kernels"],
     package_dir={"minidni": "minidni", "minidni.kernels": "kernels"},
     package_data={"minidni.kernels": ["*.cu", "*.cuh"], "minidni.cuda": ["emu/*.h", "emu/*.cpp"]},
     python_requires=">=3.10",  # CuPy 14 (the gpu and test extras) needs 3.10
@@ -32,7 +41,7 @@ setup(
         # compile options is CuPy's own, and compile through CuPy's NVRTC binding (no GPU needed; CuPy 14 requires
         # numpy < 2.6), with the CUDA headers CuPy insists on finding (2.5 MB, the same wheel the gpu extra brings);
         # jupytext: the tests open every tutorial as a notebook; mpi4py + mpich: the tests run the distributed
-        # trainer on localhost MPI ranks
+        # trainer on localhost MPI ranks; import-linter: the package's layers
         "test": [
             "pytest>=7",
             "nvidia-cuda-nvrtc>=13,<14",
@@ -41,9 +50,10 @@ setup(
             "jupytext>=1.16",
             "mpi4py>=4",
             "mpich>=4",
+            "import-linter>=2.1",  # the layers of the package, checked (.importlinter, tests/test_architecture.py)
         ],
-        # blocks on MPI ranks (minidni.parallel.workers): mpi4py, the maintained Python binding, and MPICH from PyPI, whose
-        # wheel brings the MPI library and mpiexec, so no system MPI is needed
+        # blocks on MPI ranks (minidni.parallel.workers): mpi4py, the maintained Python binding, and MPICH from PyPI,
+        # whose wheel brings the MPI library and mpiexec, so no system MPI is needed
         "mpi": ["mpi4py>=4", "mpich>=4"],
         # CuPy for CUDA 13 with its [ctk] extra: the CUDA runtime, NVRTC, cuBLAS and the other libraries and headers
         # CuPy loads come as wheels, so a machine needs only the NVIDIA driver (R580 or newer for CUDA 13)

@@ -13,7 +13,8 @@
     python -m minidni doctor                                           (is the GPU path sound here? PASS/FAIL)
 
 What this module deliberately is not: where anything is computed. Each command parses, validates, and calls
-minidni.runs.train / minidni.experiments.feedforward / minidni.experiments.bench / minidni.data.datasets.
+minidni.runs.train / minidni.experiments.feedforward / minidni.experiments.bench / minidni.data.datasets /
+minidni.data.sources.
 """
 
 import argparse
@@ -191,7 +192,8 @@ def build_parser():
         "--workers",
         choices=("process", "thread"),
         default=None,
-        help="run every block in a worker of its own on this machine (minidni.parallel.workers): one process or thread each",
+        help="run every block in a worker of its own on this machine (minidni.parallel.workers): "
+        "one process or thread each",
     )
     t.add_argument(
         "--distributed",
@@ -329,7 +331,7 @@ def main(argv=None):
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  (results go to stdout, chatter to stderr)
     from minidni.data.checkpoint import CheckpointError
     from minidni.data.datasets import DataError
-    from minidni.dni.network import DivergenceError
+    from minidni.dni.blocks import DivergenceError
     from minidni.parallel.workers import WorkerError
 
     try:
@@ -441,16 +443,16 @@ def main(argv=None):
                 print(f"wrote {path}")
             return 0
         if args.command == "data":
-            from minidni.data import datasets as data
+            from minidni.data import sources
 
             if args.archive is not None and args.name != "cifar10":
                 parser.error(f"--archive is for cifar10; {args.name} is fetched from its mirrors or offline source")
             if args.name == "cifar10":
-                data.fetch_cifar10(cache_dir=args.data_dir, archive=args.archive, log=log)
+                sources.fetch_cifar10(cache_dir=args.data_dir, archive=args.archive, log=log)
             elif args.name == "fashion-mnist":
-                data.fetch_fashion_mnist(cache_dir=args.data_dir, log=log)
+                sources.fetch_fashion_mnist(cache_dir=args.data_dir, log=log)
             else:
-                data.fetch_mnist(cache_dir=args.data_dir, log=log)
+                sources.fetch_mnist(cache_dir=args.data_dir, log=log)
             return 0
     except (
         BackendError,
@@ -474,6 +476,7 @@ def main(argv=None):
 
 
 def _train(args, log):
+    from minidni.data.checkpoint import CheckpointError
     from minidni.runs.train import train
 
     if args.backend is not None:
@@ -487,7 +490,16 @@ def _train(args, log):
         cfg.workers = "mpi"
     elif args.delay is not None and args.workers is None:
         raise ValueError("--delay is for blocks in workers: add --workers process|thread or --distributed")
-    metrics = train(cfg, resume=args.resume, log=log)
+    if cfg.workers is None:
+        metrics = train(cfg, resume=args.resume, log=log)
+    else:  # every block in a worker of its own: the parallel layer's trainer
+        from minidni.parallel.workers import train_in_workers
+
+        if args.resume:
+            raise CheckpointError(
+                "a run in workers cannot be resumed; start it again (it writes its results at the end)"
+            )
+        metrics = train_in_workers(cfg, log=log)
     if not metrics:  # an MPI rank other than 0: rank 0 reports the run
         return 0
     last = metrics[-1]

@@ -36,6 +36,7 @@ from minidni.cuda import norm_ops
 from minidni.cuda import ops
 from minidni.cuda import reference
 from minidni.cuda.checks import UNFUSED
+from minidni.cuda.fused import use_kernels
 
 REAL = {"batch": 256, "d_in": 784, "widths": (256, 1024), "classes": 10}  # the shapes of the paper's FCN, and wider
 REDUCED = {"batch": 16, "d_in": 40, "widths": (24,), "classes": 10}  # the emulator runs a thread per CUDA thread
@@ -197,7 +198,7 @@ class Doctor:
             for mode, fused in (("bprop", False), ("dni", False), ("cdni", False), ("dni", True), ("cdni", True)):
                 net = build_network(depth=3, d_in=12, hidden=10, n_classes=5, sg_hidden=6, mode=mode, seed=0)
                 if fused:
-                    net.use_kernels(standin_kernels(standin))
+                    use_kernels(net, standin_kernels(standin))
                 with standin.counting() as reads:
                     net.train_step(x, y, labels_checked=True)
                 if fused and len(reads) != 1:
@@ -241,7 +242,7 @@ class Doctor:
             for _ in range(3):  # warm up, so that the SG modules are no longer zero
                 engine.train_step(*batch(), labels_checked=True)
             fused = copy.deepcopy(engine)
-            fused.use_kernels(kernels)
+            use_kernels(fused, kernels)
             x, y = batch()
             want, got = engine.train_step(x, y, labels_checked=True), fused.train_step(x, y, labels_checked=True)
             worst, where = 0.0, ""

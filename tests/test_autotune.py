@@ -15,6 +15,7 @@ from minidni.cuda.fused import FusedDNIStep, op_key
 from minidni.cuda.loader import get_kernels
 from minidni.cuda.timing import DeviceTimer, Timing
 from minidni.dni.network import build_network
+from minidni.cuda.fused import use_kernels
 
 pytestmark = [
     pytest.mark.skipif(not emulator_available(), reason=f"CPU emulator: {unavailable_reason()}"),
@@ -55,7 +56,7 @@ def test_the_plan_names_every_operation_a_step_launches():
     """operations(B) is what the plan covers: every (op, shape) a real step looks up, and nothing else."""
     for kw in (dict(mode="cdni", sg="linear"), dict(mode="dni", sg="mlp", optimizer="sgd"), dict(depth=4, mode="cdni")):
         net = _net(**kw)
-        net.use_kernels(get_kernels("emulator"))
+        use_kernels(net, get_kernels("emulator"))
         looked_up, original = [], net.fused_step._version
 
         def spy(op, *dims):
@@ -70,7 +71,7 @@ def test_the_plan_names_every_operation_a_step_launches():
 
 def test_plan_for_chooses_per_shape_caches_and_rekeys(monkeypatch):
     net = _net(mode="cdni", sg="linear")
-    net.use_kernels(get_kernels("emulator"))
+    use_kernels(net, get_kernels("emulator"))
     step = net.fused_step
     timer = ScriptedTimer(kernel_s=2.0, unfused_s=1.0)  # every kernel twice as slow: all unfused
     plan, record = autotune.plan_for(step, 11, get_kernels("emulator"), timer=timer, log=lambda m: None)
@@ -94,7 +95,7 @@ def test_plan_for_chooses_per_shape_caches_and_rekeys(monkeypatch):
 
 def test_a_damaged_cache_file_is_measured_again(tmp_path):
     net = _net(mode="cdni", sg="linear")
-    net.use_kernels(get_kernels("emulator"))
+    use_kernels(net, get_kernels("emulator"))
     _, record = autotune.plan_for(net.fused_step, 11, get_kernels("emulator"), timer=ScriptedTimer(1, 1),
                                   log=lambda m: None)  # fmt: skip
     with open(record["cache"], "w") as f:
@@ -112,11 +113,11 @@ def test_a_planned_step_is_the_same_step(mixed):
     for opt in engine.optimizers().values():
         opt.eps = 1e-3  # as tests/test_fused.py: keep rounding noise out of Adam's near-zero elements
     fused = copy.deepcopy(engine)
-    fused.use_kernels(get_kernels("emulator"))
+    use_kernels(fused, get_kernels("emulator"))
     keys = sorted(fused.fused_step.operations(11))
     kernel = fused.fused_step.v  # the fastest kernel of each op
     plan = {k: ("unfused" if i % 2 == 0 or not mixed else kernel[k.split("(")[0]]) for i, k in enumerate(keys)}
-    fused.use_kernels(get_kernels("emulator"), plan=plan)
+    use_kernels(fused, get_kernels("emulator"), plan=plan)
     rng = np.random.default_rng(1)
     for _ in range(2):
         x, y = rng.standard_normal((11, 13)).astype(np.float32), rng.integers(0, 5, 11)
@@ -136,7 +137,7 @@ def test_an_unknown_version_is_refused():
 def test_the_real_timer_runs_on_the_emulator():
     """The measuring path end to end (the wall clock here: a check of the plumbing, not of a GPU)."""
     net = _net(mode="dni", sg="mlp")
-    net.use_kernels(get_kernels("emulator"))
+    use_kernels(net, get_kernels("emulator"))
     timer = DeviceTimer(get_kernels("emulator"), rounds=1)
     plan, record = autotune.plan_for(net.fused_step, 11, get_kernels("emulator"), timer=timer, log=lambda m: None)
     assert set(plan) == set(net.fused_step.operations(11))

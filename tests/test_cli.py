@@ -165,6 +165,14 @@ def test_diagnostics(tmp_path, capsys, mode, sg, real_plots):
     assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_diagnostics_refuse_a_validation_split_smaller_than_a_batch(tmp_path, capsys):
+    """The alignment is measured on held-out rows; with fewer validation rows than a batch it would have to use
+    training rows, which the SG modules were fitted on, and say nothing about generalisation."""
+    _, stderr = train_run(capsys, tmp_path / "run", "--mode", "cdni", "--val-size", "40", "--diagnostics", expect=1)
+    assert "held-out batch of 64 validation rows, but the validation split has 40" in stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_diagnostics_do_not_change_training(tmp_path, capsys):
     """The alignment measurement runs a forward/backward pass in training mode; it must not move the run."""
     plain, diag = tmp_path / "plain", tmp_path / "diag"

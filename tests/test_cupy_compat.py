@@ -89,8 +89,8 @@ def test_the_host_only_list_names_real_modules():
     for name in cupy_audit.HOST_ONLY:
         assert (cupy_audit.PACKAGE / name).is_file(), name
     audited = {p.relative_to(cupy_audit.PACKAGE).as_posix() for p in cupy_audit.device_modules()}
-    for core in ("core/functional.py", "core/layers.py", "dni/network.py", "dni/synthetic.py", "core/optim.py", "cuda/fused.py",
-                 "cuda/bench.py"):
+    for core in ("core/functional.py", "core/layers.py", "dni/network.py", "dni/synthetic.py", "core/optim.py",
+                 "cuda/fused.py", "cuda/bench.py"):  # fmt: skip
         assert core in audited
 
 
@@ -321,7 +321,8 @@ def test_the_recurrent_trainers_run_under_cupy_rules(standin, tmp_path):
     train_multinet(MultiNetConfig(hidden_a=8, hidden_b=8, batch=4, ticks=20, eval_ticks=10, log_every=10),
                    log=lambda m: None)  # fmt: skip
     # the copy tasks' metrics sum in float64 on purpose (many bits per batch); nothing else may promote
-    assert {w.rsplit(":", 1)[0] for w in standin.float64_from_float32} <= {os.path.join("minidni", "recurrent", "tasks.py")}
+    promoted = {w.rsplit(":", 1)[0] for w in standin.float64_from_float32}
+    assert promoted <= {os.path.join("minidni", "recurrent", "tasks.py")}
 
 
 def test_the_gpu_benchmark_harness_runs_under_cupy_rules(standin):

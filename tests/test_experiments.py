@@ -31,7 +31,8 @@ def fake_mnist(n_train=600, n_test=200, seed=0):
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """minidni.data.datasets.load_dataset('mnist', images=...) returns the stand-in (flat or as (N, 1, 28, 28) images)."""
+    """minidni.data.datasets.load_dataset('mnist', images=...) returns the stand-in (flat or as (N, 1, 28, 28)
+    images)."""
     x_tr, y_tr, x_te, y_te = fake_mnist()
     calls = []
 

@@ -1,5 +1,5 @@
 """The whole DNI/cDNI training step through the fused kernels (minidni.cuda.fused), run by the CPU emulator
-(NumPy for what is not a kernel), equals the engine's own step (minidni.dni.network.Network._dni_step) - every
+(NumPy for what is not a kernel), equals the engine's own step (minidni.dni.steps.dni_step) - every
 parameter, optimiser moment and batch-norm statistic, and the returned losses - to float32 tolerance."""
 
 import copy
@@ -11,8 +11,10 @@ import pytest
 from minidni.core.backend import gpu_available
 from minidni.cuda.emulator import emulator_available, unavailable_reason
 from minidni.cuda.loader import Kernels, get_kernels
-from minidni.dni.network import DivergenceError, build_network
+from minidni.dni.blocks import DivergenceError
+from minidni.dni.network import build_network
 from minidni.core.layers import Tanh
+from minidni.cuda.fused import use_kernels
 
 pytestmark = pytest.mark.skipif(not emulator_available(), reason=f"CPU emulator: {unavailable_reason()}")
 
@@ -51,7 +53,7 @@ def _pair(case, versions=None, warm_steps=4):
     for x, y in _batches(warm_steps, seed=1):
         engine.train_step(x, y)
     fused = copy.deepcopy(engine)
-    fused.use_kernels(get_kernels("emulator"), versions)
+    use_kernels(fused, get_kernels("emulator"), versions)
     return engine, fused
 
 
@@ -93,13 +95,13 @@ def test_fused_step_with_older_kernel_versions(version):
 def test_fused_step_refuses_what_it_cannot_run():
     net = build_network(depth=3, d_in=13, hidden=37, n_classes=5, mode="bprop")
     with pytest.raises(ValueError, match="mode 'bprop' runs unfused"):
-        net.use_kernels(get_kernels("emulator"))
+        use_kernels(net, get_kernels("emulator"))
     net = build_network(depth=3, d_in=13, hidden=37, n_classes=5, mode="cdni", sg_target="true")
     with pytest.raises(ValueError, match="sg_target='true' runs unfused"):
-        net.use_kernels(get_kernels("emulator"))
+        use_kernels(net, get_kernels("emulator"))
     net = build_network(depth=3, d_in=13, hidden=37, n_classes=5, mode="cdni")
     with pytest.raises(ValueError, match="unknown kernels"):
-        net.use_kernels(get_kernels("emulator"), {"sg_predikt": 1})
+        use_kernels(net, get_kernels("emulator"), {"sg_predikt": 1})
 
 
 def test_fused_step_reports_divergence_like_the_engine():
@@ -124,7 +126,7 @@ def test_gpu_fused_step_equals_engine_step_and_trains(tmp_path):
         kw = dict(depth=3, d_in=13, hidden=37, n_classes=5, lr=1e-2, sg_lr=1e-2, seed=3, mode="cdni", sg="linear")
         engine = build_network(**kw)
         fused = build_network(**kw)
-        fused.use_kernels(Kernels("cupy"))
+        use_kernels(fused, Kernels("cupy"))
         for x, y in _batches(4):
             x, y = cupy.asarray(x), cupy.asarray(y)
             engine.train_step(x, y)
@@ -159,7 +161,7 @@ def test_gpu_fused_step_at_the_real_shape(mode):
         for x, y in batches[:3]:
             engine.train_step(x, y)
         fused = copy.deepcopy(engine)
-        fused.use_kernels(Kernels("cupy"))
+        use_kernels(fused, Kernels("cupy"))
         engine.train_step(*batches[3])
         fused.train_step(*batches[3], labels_checked=True)
         for k, a in engine.state_arrays().items():
@@ -190,7 +192,7 @@ def test_the_on_paper_launch_count_is_what_the_fused_step_launches():
 
     net = build_network(depth=3, d_in=13, hidden=37, n_classes=5, mode="cdni", sg="linear", seed=3)
     counting = _CountingKernels(get_kernels("emulator"))
-    net.use_kernels(counting)
+    use_kernels(net, counting)
     x, y = _batches(1)[0]
     net.train_step(x, y)
     paper = traffic.fused_step(B=11, d_in=13, D=37, K=5)
@@ -231,7 +233,7 @@ def _standin_pair(case, standin):
         device.state_arrays()[k][...] = standin.asarray(v)
     for name, opt in device.optimizers().items():
         opt.t, opt.lr = numpy_fused.optimizers()[name].t, numpy_fused.optimizers()[name].lr
-    device.use_kernels(cupy_standin.standin_kernels(standin))
+    use_kernels(device, cupy_standin.standin_kernels(standin))
     return numpy_fused, device
 
 

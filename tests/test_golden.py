@@ -27,7 +27,8 @@ def _differences(recorded, now, rel, path=""):
             return [f"{path}: {recorded!r} vs {now!r}"]
         return [d for i, (a, b) in enumerate(zip(recorded, now)) for d in _differences(a, b, rel, f"{path}[{i}]")]
     if isinstance(recorded, float) and isinstance(now, float):
-        return [] if math.isclose(recorded, now, rel_tol=rel, abs_tol=rel * 1e-3) else [f"{path}: {recorded!r} vs {now!r}"]
+        close = math.isclose(recorded, now, rel_tol=rel, abs_tol=rel * 1e-3)
+        return [] if close else [f"{path}: {recorded!r} vs {now!r}"]
     return [] if recorded == now else [f"{path}: {recorded!r} vs {now!r}"]
 
 

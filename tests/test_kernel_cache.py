@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_cupy_compile import host_cupy  # noqa: F401 - a fixture: CuPy's own compile path, run without a device
 
-from minidni.cuda import loader, nvrtc
+from minidni.cuda import includes, loader, nvrtc
 from minidni.cuda.emulator import EmulatedModule, emulator_available, unavailable_reason
 
 CUPY_MISSING = nvrtc.cupy_unavailable_reason()
@@ -46,9 +46,9 @@ def double_the_product(folder):
 
 
 def test_included_headers_follow_includes_through_headers(kernels_copy):
-    found = loader.included_headers(loader.kernel_source("linear_forward"), [kernels_copy])
+    found = includes.included_headers(loader.kernel_source("linear_forward"), [kernels_copy])
     assert [p.name for p in found] == ["tiles.cuh", "common.cuh"]  # common.cuh is included by tiles.cuh
-    assert [p.name for p in loader.included_headers(loader.kernel_source("batchnorm"), [kernels_copy])] == [
+    assert [p.name for p in includes.included_headers(loader.kernel_source("batchnorm"), [kernels_copy])] == [
         "common.cuh"
     ]
 
@@ -57,7 +57,7 @@ def test_included_headers_handle_cycles_and_toolchain_headers(tmp_path):
     (tmp_path / "a.cuh").write_text('#pragma once\n#include "b.cuh"\n')
     (tmp_path / "b.cuh").write_text('#pragma once\n#include "a.cuh"\n  #  include "cuda_fp16.h"\n')
     source = '#include <cstdint>\n#include "a.cuh"\n// #include "b.cuh" in a comment is not an include\n'
-    found = loader.included_headers(source, [tmp_path])
+    found = includes.included_headers(source, [tmp_path])
     assert [p.name for p in found] == ["a.cuh", "b.cuh"]  # each once; cuda_fp16.h is not ours, <cstdint> neither
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from minidni.core import functional as F
 from minidni.core.gradcheck import assert_close, check_function, check_layer
-from minidni.core.layers import BatchNorm1d, Linear, ReLU, Sequential, Sigmoid, Tanh
+from minidni.core.layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear, ReLU, Sequential, Sigmoid, Tanh
+from minidni.core.optim import Adam
 
 f64 = np.float64
 
@@ -45,6 +46,26 @@ def test_batchnorm_eval_backward_is_affine(x):
     y, _ = bn.forward(x, train=False)
     expected = (x - bn.buffers["running_mean"]) / np.sqrt(bn.buffers["running_var"] + bn.eps)
     assert_close(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("Norm, shape", [(BatchNorm1d, (5, 4)), (BatchNorm2d, (3, 4, 2, 3))])
+def test_batchnorm_eval_applies_gamma_and_beta_to_the_running_statistics(Norm, shape):
+    """Evaluation mode is y = gamma (x - running_mean) / sqrt(running_var + eps) + beta, per unit (or channel),
+    with gamma and beta away from 1 and 0 so that an eval forward that dropped either one fails here."""
+    rng = np.random.default_rng(10)
+    bn = Norm(4, dtype=f64)
+    bn.params["gamma"][:] = gamma = rng.uniform(0.5, 2.0, 4) * rng.choice([-1, 1], 4)  # a negative gain too
+    bn.params["beta"][:] = beta = rng.standard_normal(4)
+    bn.buffers["running_mean"][:] = mean = rng.standard_normal(4)
+    bn.buffers["running_var"][:] = var = rng.uniform(0.25, 4.0, 4)
+    x = rng.standard_normal(shape) * 2 + 1
+    unit = (1, 4) + (1,) * (len(shape) - 2)  # broadcasts a (4,) vector over the unit (or channel) axis
+    expected = gamma.reshape(unit) * (x - mean.reshape(unit)) / np.sqrt(var.reshape(unit) + bn.eps) + beta.reshape(unit)
+    y, cache = bn.forward(x, train=False)
+    assert_close(y, expected, rtol=1e-12, atol=1e-12, name=f"{Norm.__name__} eval output")
+    assert cache is None
+    assert_close(bn.buffers["running_mean"], mean, rtol=0, atol=0, name="running mean (eval must not move it)")
+    assert_close(bn.buffers["running_var"], var, rtol=0, atol=0, name="running var (eval must not move it)")
 
 
 def test_batchnorm_running_statistics():
@@ -127,3 +148,59 @@ def test_linear_rejects_bad_sizes_and_init():
         Linear(0, 3)
     with pytest.raises(ValueError, match="unknown init"):
         Linear(2, 3, init="orthogonal")
+
+
+# -- a backward uses the weights of its own forward pass -------------------------------------------------------
+# Under DNI the forward of batch t+1 can run before the backward of batch t, and the layer may update in between
+# (an optimiser step changes the parameters in place). Batch t's backward must still differentiate the function
+# batch t's forward computed. Each case: forward, backward, a real optimiser step, the forward of the next batch,
+# then batch t's backward again from its cache: the gradients must not change, to the last bit.
+
+
+def _bn_with_gain(Norm, d, rng):
+    bn = Norm(d, dtype=f64)
+    bn.params["gamma"][:] = rng.uniform(0.5, 1.5, d)  # gamma = 1 would hide a backward that reads a moved gamma
+    bn.params["beta"][:] = rng.standard_normal(d)
+    return bn
+
+
+WEIGHTED = {  # name -> rng -> (layer, input)
+    "Linear": lambda rng: (Linear(4, 3, rng=rng, dtype=f64), rng.standard_normal((5, 4))),
+    "Linear(bias=False)": lambda rng: (Linear(4, 3, bias=False, rng=rng, dtype=f64), rng.standard_normal((5, 4))),
+    "BatchNorm1d": lambda rng: (_bn_with_gain(BatchNorm1d, 4, rng), rng.standard_normal((5, 4))),
+    "BatchNorm2d": lambda rng: (_bn_with_gain(BatchNorm2d, 3, rng), rng.standard_normal((2, 3, 4, 4))),
+    "Conv2d": lambda rng: (Conv2d(2, 3, 3, rng=rng, dtype=f64), rng.standard_normal((2, 2, 5, 5))),
+    # C_in = 1: the (KH*KW*C_in, C_out) weight matrix in the cache is a reshape of W that is a view, not a copy;
+    # stride 2: the backward's col2im path instead of the stride-1 convolution
+    "Conv2d(C_in=1, stride=2)": lambda rng: (
+        Conv2d(1, 3, 3, stride=2, padding=1, rng=rng, dtype=f64),
+        rng.standard_normal((2, 1, 5, 5)),
+    ),
+    "Conv2d(1x1)": lambda rng: (Conv2d(3, 2, 1, rng=rng, dtype=f64), rng.standard_normal((2, 3, 4, 4))),
+}
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["alone", "in a Sequential"])
+@pytest.mark.parametrize("name", list(WEIGHTED))
+def test_backward_after_an_update_uses_the_weights_of_its_forward(name, flat):
+    """flat: the layer inside a Sequential, whose optimiser updates one flat buffer that the layer's parameters
+    are views into (as every DNI block does); alone: the layer's own optimiser on its own arrays."""
+    rng = np.random.default_rng(11)
+    layer, x = WEIGHTED[name](rng)
+    net = Sequential(layer) if flat else layer
+    net.set_optimizer(lambda params: Adam(params, lr=0.1))
+    y, cache = net.forward(x)  # batch t
+    dy = rng.standard_normal(y.shape)
+    dx_before = net.backward(dy, cache)
+    grads_before = {k: g.copy() for k, g in layer.grads.items()}
+    params_before = {k: p.copy() for k, p in layer.params.items()}
+
+    net.update()  # a real step, in place
+    for k, p in layer.params.items():
+        assert not np.array_equal(p, params_before[k]), f"the step left {k} unchanged: the test would prove nothing"
+    net.forward(x + 1)  # batch t+1 goes forward with the new parameters while batch t's cache is still held
+
+    dx_after = net.backward(dy, cache)  # batch t's backward, late
+    np.testing.assert_array_equal(dx_after, dx_before, err_msg=f"{name}: dx after the update")
+    for k, g in grads_before.items():
+        np.testing.assert_array_equal(layer.grads[k], g, err_msg=f"{name}: d{k} after the update")

@@ -1,5 +1,6 @@
-"""The two-timescale system (minidni.recurrent.multinet): which parameters each system trains, the delayed true gradient that
-becomes the link module's target, the scaled prediction A uses, the locked reference, and a short learning run."""
+"""The two-timescale system (minidni.recurrent.multinet): which parameters each system trains, the delayed true
+gradient that becomes the link module's target, the scaled prediction A uses, the locked reference, and a short learning
+run."""
 
 import copy
 import dataclasses
@@ -9,6 +10,7 @@ import os
 import numpy as np
 import pytest
 
+from minidni.core.gradcheck import numerical_gradient
 from minidni.data import checkpoint
 from minidni.recurrent import multinet
 from minidni.recurrent.multinet import (
@@ -56,6 +58,14 @@ def true_message_gradients(b, s_b, ms, ys):
     _, dlogits = softmax_xent_sum(logits, ys)
     _, dms = b.backward(dlogits, np.zeros_like(ss[-1]), cache, need_dxs=True)
     return dms
+
+
+def linear_regression_gradients(x, W, b, target):
+    """Central differences, in float64, of a linear module's regression loss (1/B) ||x W + b - target||^2 with
+    respect to W and b (the link module's network regresses its output onto scale * target)."""
+    x, W, b, target = (np.asarray(a, dtype=np.float64) for a in (x, W, b, target))
+    loss = lambda: float(((x @ W + b - target) ** 2).sum()) / x.shape[0]
+    return numerical_gradient(loss, W), numerical_gradient(loss, b)
 
 
 def random_link_module(system, rng):
@@ -136,11 +146,10 @@ def test_b_runs_every_b_ticks_a_chunks_and_its_true_gradients_are_the_targets():
     rng = np.random.default_rng(1)
     random_link_module(system, rng)
 
-    recorded = {"targets": [], "preds": [], "before_b": []}
+    recorded = {"targets": [], "before_b": []}
     real_update, real_b_chunk = system.sg.update, system._b_chunk
 
     def spy_update(pred, cache, target):
-        recorded["preds"].append(pred.copy())
         recorded["targets"].append(target.copy())
         return real_update(pred, cache, target)
 
@@ -152,10 +161,8 @@ def test_b_runs_every_b_ticks_a_chunks_and_its_true_gradients_are_the_targets():
     system.sg.update = spy_update
     system._b_chunk = spy_b_chunk
 
-    predictions = []
     for tick in range(1, 7):
         _, _, b_acc = system.a_chunk(symbols(rng))
-        predictions.append(system.pending[-1][0].copy() if system.pending else None)
         assert len(system.pending) == len(system.inbox) == tick % 3  # grows to 3, then B runs and it empties
         assert (b_acc is None) == (tick % 3 != 0)
     assert len(recorded["before_b"]) == 2 and len(recorded["targets"]) == 6
@@ -169,9 +176,50 @@ def test_b_runs_every_b_ticks_a_chunks_and_its_true_gradients_are_the_targets():
             np.testing.assert_array_equal(recorded["targets"][3 * j + i], dms[i])
         if j == 1:  # the second chunk's B is not the first's: B trained in between
             assert not np.array_equal(recorded["before_b"][0][0].cell.params["W"], b.cell.params["W"])
-    for i, pred in enumerate(predictions[:2]):  # what awaited its target was the prediction made at that tick
-        np.testing.assert_array_equal(recorded["preds"][i], pred)
     assert len(system.sg_losses) == 6
+
+
+def test_the_link_module_regresses_a_fresh_prediction_of_its_current_weights():
+    """B's chunk brings the targets of b_ticks messages at once, and the module takes one regression step per
+    message. So when it regresses any message but the chunk's first, it has moved since it predicted for it (its
+    steps on the chunk's earlier messages). It must predict again from the same input with its current weights,
+    and its gradient must be that of the regression loss where it now is."""
+    system = TwoTimescaleSystem(tiny("dni", b_ticks=3, sg_lr=0.05))
+    rng = np.random.default_rng(5)
+    random_link_module(system, rng)
+    made, used, regressed = [], [], []  # every prediction; the one A used per tick; (M's net before, pred, ...)
+    real_predict, real_update = system.sg.predict, system.sg.update
+
+    def spy_predict(h, *args, **kw):
+        out = real_predict(h, *args, **kw)
+        made.append((h.copy(), out[0].copy()))
+        return out
+
+    def spy_update(pred, cache, target):
+        before = copy.deepcopy(system.sg.net)  # M's weights when the target arrives
+        loss = real_update(pred, cache, target)
+        grads_after = {k: g.copy() for k, g in system.sg.net.layers[-1].grads.items()}
+        regressed.append((before, pred.copy(), target.copy(), grads_after))
+        return loss
+
+    system.sg.predict, system.sg.update = spy_predict, spy_update
+    for _ in range(6):
+        first = len(made)
+        system.a_chunk(symbols(rng))
+        used.append(made[first])  # a_chunk predicts for its message first; B's chunk (if it runs) predicts again
+    assert len(regressed) == 6
+
+    scale = system.sg.scale
+    for j, ((x, pred_used), (m_net, pred, target, grads_after)) in enumerate(zip(used, regressed)):
+        fresh = m_net.forward(x)[0] / scale  # M's prediction for message j with its weights of that moment
+        np.testing.assert_allclose(pred, fresh, rtol=1e-6, atol=1e-7, err_msg=f"message {j}")
+        if j % 3:  # M has taken a regression step (on an earlier message of B's chunk) since it predicted for j
+            assert np.abs(fresh - pred_used).max() > 1e-3, f"message {j}: M must have moved"
+        # the gradient applied = that of the regression loss at the weights M has when the target arrives
+        out = m_net.layers[-1]
+        dW, db = linear_regression_gradients(x, out.params["W"], out.params["b"], scale * target)
+        np.testing.assert_allclose(grads_after["W"], dW, rtol=1e-3, atol=1e-4, err_msg=f"message {j}: dW")
+        np.testing.assert_allclose(grads_after["b"], db, rtol=1e-3, atol=1e-4, err_msg=f"message {j}: db")
 
 
 @pytest.mark.parametrize("sg_context", [False, True])

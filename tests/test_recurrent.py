@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from minidni.core.gradcheck import check_function
-from minidni.recurrent.cells import LSTMCell, RecurrentNet, RNNCell, make_cell, unroll_backward, unroll_forward, zero_grads
+from minidni.core.optim import Adam
+from minidni.recurrent.cells import (
+    LSTMCell,
+    RecurrentNet,
+    RNNCell,
+    make_cell,
+    unroll_backward,
+    unroll_forward,
+    zero_grads,
+)
 
 CELLS = [RNNCell, LSTMCell]
 
@@ -108,6 +117,46 @@ def test_state_backward_gives_ds0_and_leaves_parameter_gradients_alone(Cell):
     lhs = net.state_backward(R, R_end + other_end, cache)
     rhs = net.state_backward(R, R_end, cache) + net.state_backward(None, other_end, cache)
     np.testing.assert_allclose(lhs, rhs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("Cell", CELLS)
+def test_backward_after_an_update_uses_the_weights_of_its_forward(Cell):
+    """A window's backward (and state_backward) run after an optimiser step gives exactly the gradients it gave
+    before the step: the caches hold the weights the window was forwarded with (as for every layer)."""
+    net, rng = _net(Cell)
+    net.set_optimizer(lambda params: Adam(params, lr=0.1))
+    xs = rng.standard_normal((4, 2, 3))
+    s0 = 0.5 * rng.standard_normal((2, net.state_size))
+    R, R_end = rng.standard_normal((4, 2, 2)), rng.standard_normal((2, net.state_size))
+    _, _, cache = net.forward(xs, s0)
+
+    def gradients():
+        ds0, dxs = net.backward(R, R_end, cache, need_dxs=True)
+        out = {"ds0": ds0, "dxs": dxs, "state_backward": net.state_backward(R, R_end, cache)}
+        out.update({f"cell.{k}": g.copy() for k, g in net.cell.grads.items()})
+        out.update({f"readout.{k}": g.copy() for k, g in net.readout.grads.items()})
+        return out
+
+    before = gradients()
+    params = {f"{part}.{k}": p for part in ("cell", "readout") for k, p in getattr(net, part).params.items()}
+    params_before = {k: p.copy() for k, p in params.items()}
+    net.update()  # a real step, in place
+    for k, p in params.items():
+        assert not np.array_equal(p, params_before[k]), f"the step left {k} unchanged: the test would prove nothing"
+    net.forward(xs + 1, s0)  # the next window goes forward with the new weights while this window's cache is held
+    after = gradients()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=f"{Cell.__name__}: {k} after the update")
+
+    # one step on its own (cell.step without a window's shared copy of W) keeps its weights too
+    x, s = rng.standard_normal((2, 3)), rng.standard_normal((2, net.state_size))
+    _, step_cache = net.cell.step(x, s)
+    dx_before, ds_before = net.cell.step_backward(R_end, step_cache, param_grads=False)
+    net.cell.update()
+    net.cell.step(x + 1, s)  # the next step, with the new weights
+    dx_after, ds_after = net.cell.step_backward(R_end, step_cache, param_grads=False)
+    np.testing.assert_array_equal(dx_after, dx_before)
+    np.testing.assert_array_equal(ds_after, ds_before)
 
 
 def test_lstm_state_is_h_then_c_and_matches_the_equations():

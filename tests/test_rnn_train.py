@@ -18,7 +18,15 @@ from minidni.runs import rnn_train
 from minidni.data.checkpoint import CheckpointError, load_checkpoint, restore_arrays
 from minidni.core.gradcheck import check_function
 from minidni.recurrent.cells import LSTMCell, RecurrentNet
-from minidni.runs.rnn_train import RNNConfig, build, evaluate_bpc, load_corpus, read_metrics, softmax_xent_sum, train_rnn
+from minidni.runs.rnn_train import (
+    RNNConfig,
+    build,
+    evaluate_bpc,
+    load_corpus,
+    read_metrics,
+    softmax_xent_sum,
+    train_rnn,
+)
 from minidni.data.text import CharVocab
 
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: temporary data cache, numpy backend

@@ -59,8 +59,8 @@ def times(events, block, kinds=None):
 
 def test_bprop_two_unit_blocks_by_hand():
     """Block 0: forward [0,1]; h reaches block 1 at 1+tau; block 1 forward, backward, update, and its dx (sent
-    after the update, as minidni.parallel.workers does) reaches block 0 at 4+2tau; block 0 backward, update. A step takes
-    the sum of all costs plus two transfers: 6 + 2 tau."""
+    after the update, as minidni.parallel.workers does) reaches block 0 at 4+2tau; block 0 backward, update. A step
+    takes the sum of all costs plus two transfers: 6 + 2 tau."""
     tau = 0.25
     events = simulate(unit_costs(tau), "bprop", steps=3)
     period = 6 + 2 * tau

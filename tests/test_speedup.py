@@ -1,6 +1,6 @@
-"""The parallel benchmark (minidni.parallel.speedup) and the staleness experiment (minidni.experiments.staleness) on their smoke
-budgets: the bookkeeping, the files, and the cost model's shape. Their speed figures are not tested (benchmarks
-print ratios; a timed test would only measure the test machine)."""
+"""The parallel benchmark (minidni.parallel.speedup) and the staleness experiment (minidni.experiments.staleness) on
+their smoke budgets: the bookkeeping, the files, and the cost model's shape. Their speed figures are not tested
+(benchmarks print ratios; a timed test would only measure the test machine)."""
 
 import json
 import math

@@ -7,8 +7,11 @@ import pytest
 
 from minidni.dni import stochastic
 from minidni.dni.network import build_network
+from minidni.dni import steps
+from minidni.dni.steps import forward_hidden
 from minidni.core.gradcheck import assert_close
 from minidni.runs.train import TrainConfig, train
+from minidni.cuda.fused import use_kernels
 
 f64 = np.float64
 
@@ -91,7 +94,7 @@ def test_bad_probabilities(p):
 def test_gated_bprop_with_every_block_chosen_is_a_backprop_step():
     x, y = batch(1)
     gated, plain = tiny_net("bprop", p_update=0.5), tiny_net("bprop", p_update=1.0)
-    stochastic.gated_bprop_step(gated, x, y, chosen=[3, 2, 1, 0])
+    steps.gated_bprop_step(gated, x, y, chosen=[3, 2, 1, 0])
     plain.train_step(x, y)
     for (k, a), b in zip(snapshot(gated).items(), snapshot(plain).values(), strict=True):
         assert_close(a, b, rtol=0, atol=0, name=k)
@@ -105,7 +108,7 @@ def test_gated_bprop_stops_at_the_first_block_that_skipped(chosen, updated):
     net = tiny_net("bprop")
     x, y = batch(2)
     before = snapshot(net)
-    result = stochastic.gated_bprop_step(net, x, y, chosen)
+    result = steps.gated_bprop_step(net, x, y, chosen)
     expected = {f"block{j}" for j in range(4)} if updated is None else set(updated)
     assert moved_parts(net, before) == expected
     assert sorted(result["updated"]) == sorted(int(b[-1]) for b in expected)
@@ -114,13 +117,13 @@ def test_gated_bprop_stops_at_the_first_block_that_skipped(chosen, updated):
 def test_gated_bprop_block_i_updates_with_probability_p_to_the_n_minus_i():
     """FCN 4 at p = 0.5: the output block updates in p of the steps, block i in p^(4 - i): the coins of the
     blocks above it (the paper's p^3 for the first layer: the chance its gradient arrives) and its own."""
-    p, steps = 0.5, 4000
+    p, n_steps = 0.5, 4000
     net = tiny_net("bprop", p_update=p)
     x, y = batch(3)
-    records = [stochastic.gated_step(net, x, y) for _ in range(steps)]
+    records = [steps.gated_step(net, x, y) for _ in range(n_steps)]
     frac = stochastic.update_counts(records, 4)
     expected = np.array([p**4, p**3, p**2, p])
-    sigma = np.sqrt(expected * (1 - expected) / steps)
+    sigma = np.sqrt(expected * (1 - expected) / n_steps)
     assert np.all(np.abs(frac - expected) < 5 * sigma), (frac, expected)
 
 
@@ -134,7 +137,7 @@ def test_gated_dni_moves_exactly_the_chosen_blocks_and_the_modules_below_them(ch
     nonzero_modules(net)
     x, y = batch(4)
     before = snapshot(net)
-    result = stochastic.gated_dni_step(net, x, y, chosen)
+    result = steps.gated_dni_step(net, x, y, chosen)
     # block j (j > 0) produced dx_j, the target of M_j = sg{j-1}: that module learns
     expected = {f"block{j}" for j in chosen} | {f"sg{j - 1}" for j in chosen if j > 0}
     assert moved_parts(net, before) == expected
@@ -149,7 +152,7 @@ def test_gated_dni_block_update_uses_the_module_as_it_is_when_the_block_runs():
     for order in ((1, 2), (2, 1)):
         net = tiny_net("cdni")
         nonzero_modules(net)
-        stochastic.gated_dni_step(net, x, y, list(order))
+        steps.gated_dni_step(net, x, y, list(order))
         nets[order] = net
     a, b = (n.state_arrays()["block1.0.W"] for n in nets.values())
     assert not np.allclose(a, b)
@@ -165,9 +168,9 @@ def test_gated_dni_step_matches_its_written_out_form():
     net = tiny_net("cdni")
     nonzero_modules(net)
     ref = copy.deepcopy(net)
-    stochastic.gated_dni_step(net, x, y, [2, 1])
+    steps.gated_dni_step(net, x, y, [2, 1])
 
-    hs, caches = ref.forward_hidden(x)
+    hs, caches = forward_hidden(ref, x)
     dx2, _, _ = ref.hidden[2].synthetic_step(hs[2], caches[2], y)
     dh_syn, cache, _ = ref.hidden[1].synthetic_gradient(hs[1], y)
     ref.hidden[1].sg_update(dh_syn, cache, dh_target=dx2)
@@ -210,4 +213,4 @@ def test_stochastic_updates_refuse_true_targets_and_kernels():
     with pytest.raises(ValueError, match="bootstrap"):
         tiny_net("cdni", sg_target="true")
     with pytest.raises(ValueError, match="fused form"):
-        tiny_net("cdni").use_kernels(object())
+        use_kernels(tiny_net("cdni"), object())

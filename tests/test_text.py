@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidni.data import datasets as data
 from minidni.data import text
-from minidni.data.datasets import DataError
+from minidni.data.cache import default_cache_dir
+from minidni.data.formats import DataError
 from minidni.data.text import (
     BITS_PER_NAT,
     CharVocab,
@@ -240,7 +240,7 @@ def test_pip_command_line(tmp_path, monkeypatch):
 
 # ---- the real data, when it is cached ----------------------------------------------------------------------------
 
-REAL_CACHE = data.default_cache_dir() / "shakespeare" / "shakespeare.txt"
+REAL_CACHE = default_cache_dir() / "shakespeare" / "shakespeare.txt"
 
 
 @pytest.mark.skipif(not REAL_CACHE.exists(), reason="the real Shakespeare text is not cached (run load_shakespeare())")

@@ -1,5 +1,5 @@
-"""Blocks in workers (minidni.parallel.workers): the same numbers as one process where the schedule says they must be, the
-staleness the schedule allows and no more, and failures that stop the run with a clear error instead of a hang.
+"""Blocks in workers (minidni.parallel.workers): the same numbers as one process where the schedule says they must be,
+the staleness the schedule allows and no more, and failures that stop the run with a clear error instead of a hang.
 
 Exactness is the invariant: with delay=d every worker's sequence of operations is fixed, so threads, processes
 and MPI ranks must give the run of a plain one-process loop in which each SG module learns from the target of
@@ -16,16 +16,17 @@ import pytest
 
 from minidni.data.checkpoint import load_checkpoint
 from minidni.dni.network import build_network, check_split, fcn_blocks
+from minidni.dni.steps import output_loss
 from minidni.core.optim import StepSchedule
 from minidni.runs.train import TrainConfig, build_from_config, load_data, lr_milestones, train
-from minidni.parallel.workers import WorkerError, connect, mpiexec_path
+from minidni.parallel.workers import WorkerError, connect, mpiexec_path, train_in_workers
 
 TINY = dict(data="spirals", model="fcn4", hidden=16, epochs=2, batch=32, train_subset=320, progress=False)
 
 
 def run(tmp_path, name, **kw):
     cfg = TrainConfig(out=str(tmp_path / name), **{**TINY, **kw})
-    metrics = train(cfg, log=lambda *_: None)
+    metrics = (train if cfg.workers is None else train_in_workers)(cfg, log=lambda *_: None)
     arrays, meta = load_checkpoint(os.path.join(cfg.out, "checkpoint.npz"))
     return metrics, arrays, meta
 
@@ -89,7 +90,7 @@ def delayed_reference(cfg, delay):
                 made.append((h, labels, dh_syn, sg_cache, version[i]))
                 if i > 0:
                     pending[i - 1][t] = (*made[i - 1], dx)
-            _, dlogits, cache = net._loss(h, labels)
+            _, dlogits, cache = output_loss(net, h, labels)
             pending[-1][t] = (*made[-1], net.output.backward(dlogits, cache))
             net.output.update()
             for i in range(len(net.hidden)):
@@ -223,12 +224,19 @@ def test_bad_settings_get_clear_errors(fields, message):
         TrainConfig(**{**TINY, **fields}).validate()
 
 
-def test_a_run_in_workers_is_not_resumed(tmp_path):
-    from minidni.data.checkpoint import CheckpointError
-
+def test_the_one_process_trainer_refuses_a_run_in_workers_and_names_the_one_that_runs_it(tmp_path):
     cfg = TrainConfig(out=str(tmp_path / "r"), workers="thread", **TINY)
-    with pytest.raises(CheckpointError, match="cannot be resumed"):
-        train(cfg, resume=True, log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"minidni\.parallel\.workers\.train_in_workers"):
+        train(cfg, log=lambda *_: None)
+
+
+def test_a_run_in_workers_is_not_resumed(tmp_path, capsys):
+    from minidni.cli import main
+
+    code = main(["train", "--data", "spirals", "--model", "fcn3", "--workers", "thread", "--resume",
+                 "--out", str(tmp_path / "r")])  # fmt: skip
+    assert code != 0
+    assert "cannot be resumed" in capsys.readouterr().err
 
 
 def test_a_worker_process_that_dies_stops_the_run_with_its_name(tmp_path, monkeypatch):
@@ -328,8 +336,9 @@ def test_a_dead_rank_ends_the_mpi_job(tmp_path):
 def test_worker_processes_do_not_outlive_a_killed_coordinator(tmp_path):
     """Kill the process that started the workers mid-run: its workers notice and exit (no orphans training on)."""
     script = (
-        "from minidni.runs.train import TrainConfig, train\n"
-        f"train(TrainConfig(data='spirals', model='fcn3', hidden=16, epochs=200, batch=32, workers='process', "
+        "from minidni.parallel.workers import train_in_workers\nfrom minidni.runs.train import TrainConfig\n"
+        f"train_in_workers(TrainConfig(data='spirals', model='fcn3', hidden=16, epochs=200, batch=32, "
+        f"workers='process', "
         f"progress=False, out={str(tmp_path / 'run')!r}), log=print)\n"
     )
     coordinator = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})

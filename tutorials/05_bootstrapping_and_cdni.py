@@ -47,6 +47,7 @@ import minidni.core.backend
 import minidni.core.functional as F
 from minidni.data.datasets import iterate_minibatches, make_spirals
 from minidni.dni.network import build_network
+from minidni.dni.steps import forward_hidden
 from minidni.core.gradcheck import assert_close
 from minidni.runs.plots import plot_alignment, plot_runs, save_figure
 from minidni.dni.synthetic import make_synthetic_gradient
@@ -268,7 +269,7 @@ used = record_targets(net)
 net.train_step(xb, yb)
 mine = by_hand(twin, xb, yb)
 
-hs_engine, _ = copy.deepcopy(twin).forward_hidden(xb)  # (a copy: the forward moves batch-norm statistics)
+hs_engine, _ = forward_hidden(copy.deepcopy(twin), xb)  # (a copy: the forward moves batch-norm statistics)
 for i in range(N_HIDDEN):
     assert_close(hs_engine[i], mine["h"][i], rtol=1e-4, atol=1e-5, name=f"h_{i} by hand")
 print("module  kind          max |target|   max |Network's - by hand|   cos(target, true delta)")
@@ -509,7 +510,7 @@ plot_runs(
 def targets_and_predictions(net, x, y):
     """Per module: cos(bootstrapped target, true delta) and cos(prediction, true delta), on a copy of net."""
     net = copy.deepcopy(net)  # the forward passes below move batch-norm statistics
-    hs, caches = net.forward_hidden(x)
+    hs, caches = forward_hidden(net, x)
     logits, out_cache = net.output.forward(hs[-1])
     _, dlogits = F.softmax_cross_entropy(logits, y)
     delta = [None] * N_HIDDEN

@@ -48,6 +48,7 @@ import minidni.core.backend
 from minidni.dni import stochastic
 from minidni.data.datasets import iterate_minibatches, make_spirals
 from minidni.dni.network import build_network
+from minidni.dni import steps
 from minidni.dni.stochastic import UpdateGate
 
 minidni.core.backend.set_backend("numpy")
@@ -188,17 +189,17 @@ assert [a.draw(N) for _ in range(100)] == [b.draw(N) for _ in range(100)], "the 
 # %%
 net = fcn4("bprop", p_update=0.5)
 before = snapshot(net)
-result = stochastic.gated_bprop_step(net, xb, yb, chosen=[0, 3, 1])
+result = steps.gated_bprop_step(net, xb, yb, chosen=[0, 3, 1])
 print(f"chosen [0, 3, 1] -> updated {result['updated']}, parts that moved: {sorted(moved_parts(net, before))}")
 assert result["updated"] == [3] and moved_parts(net, before) == {"block3"}, "the chain must break at block 2"
 
 before = snapshot(net)
-result = stochastic.gated_bprop_step(net, xb, yb, chosen=[1, 2, 3])
+result = steps.gated_bprop_step(net, xb, yb, chosen=[1, 2, 3])
 print(f"chosen [1, 2, 3] -> updated {result['updated']}, parts that moved: {sorted(moved_parts(net, before))}")
 assert moved_parts(net, before) == {"block3", "block2", "block1"}, "an unbroken chain reaches down to block 1"
 
 # %% [markdown]
-# Now the gate draws the coins (`Network.train_step` calls `stochastic.gated_step`, which calls `net.gate.draw`)
+# Now the gate draws the coins (`Network.train_step` calls `steps.gated_step`, which calls `net.gate.draw`)
 # for many passes at $p = 0.5$, where even $p^4 = 0.0625$ is common enough to measure. Each step's record lists
 # the blocks that really updated; `update_counts` turns the records into fractions. Each is checked against
 # $p^{N-j}$ to within $5\sigma$ of its binomial spread.
@@ -235,11 +236,11 @@ assert np.all(np.abs(frac_bprop - expected_bprop) < 5 * sigma), f"{frac_bprop} v
 # %%
 net = fcn4("cdni", p_update=0.5)
 for _ in range(5):  # full passes, in the sequential order: the true gradient seeps down one module per pass
-    stochastic.gated_dni_step(net, xb, yb, chosen=[0, 1, 2, 3])
+    steps.gated_dni_step(net, xb, yb, chosen=[0, 1, 2, 3])
 assert all(block.sg.net.layers[-1].params["W"].any() for block in net.hidden), "every module should speak now"
 
 before = snapshot(net)
-result = stochastic.gated_dni_step(net, xb, yb, chosen=[2, 0])
+result = steps.gated_dni_step(net, xb, yb, chosen=[2, 0])
 moved = moved_parts(net, before)
 print(f"chosen [2, 0] -> parts that moved: {sorted(moved)};  SG losses: {result['sg_loss']}")
 assert moved == {"block2", "block0", "sg1"}, f"expected blocks 2, 0 and the module below block 2, got {moved}"
@@ -255,7 +256,7 @@ assert result["sg_loss"][1] is not None and result["sg_loss"][0] is None and res
 twins = {}
 for order in ([1, 2], [2, 1]):
     twins[tuple(order)] = copy.deepcopy(net)
-    stochastic.gated_dni_step(twins[tuple(order)], xb, yb, chosen=order)
+    steps.gated_dni_step(twins[tuple(order)], xb, yb, chosen=order)
 w12, w21 = (twins[o].state_arrays() for o in ((1, 2), (2, 1)))
 print(f"block 1 moves differently under [1, 2] and [2, 1]: {not np.array_equal(w12['block1.0.W'], w21['block1.0.W'])}")
 assert not np.array_equal(w12["block1.0.W"], w21["block1.0.W"]), "block 1 should see a different M_2"

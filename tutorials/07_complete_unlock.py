@@ -169,7 +169,7 @@ assert fit[-1] < fit[0] / 10, "a synthetic input should be able to fit a block's
 # ## 2. One completely unlocked step, by hand
 #
 # On a batch $(x, c)$, with every predictor's parameters as they are before the step
-# (`minidni.dni.unlock.unlocked_step`):
+# (`minidni.dni.steps.unlocked_step`):
 #
 # 1. the synthetic inputs: $u_0 = x$ and $u_j = I_j(x)$ for $j = 1, 2, 3$;
 # 2. **every block, in any order** (none reads anything another block produced on this batch):

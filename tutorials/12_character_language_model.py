@@ -60,7 +60,7 @@ import numpy as np
 import minidni.core.backend
 import minidni.core.functional as F
 from minidni.data import text as textdata
-from minidni.data.datasets import default_cache_dir
+from minidni.data.cache import default_cache_dir
 from minidni.core.gradcheck import assert_close
 from minidni.recurrent.cells import LSTMCell, RecurrentNet
 from minidni.experiments.recurrent import PAPER_PTB, make_runs
@@ -400,12 +400,12 @@ print(f"wrote {figure}")
 # * BPC has two fixed points to read a curve against: $\log_2 V$ for guessing, the character entropy for a model
 #   with no memory at all. Everything below the entropy line is learnt from context.
 # * With the discount, the module's targets stay bounded even where the gradient itself would not decay.
-# * Measured at the default size on Shakespeare (6,000 updates of a 128-unit LSTM, one seed, about 30-40 s per
-#   run on one core): best validation BPC 2.83 for truncated BPTT and 2.79 for DNI, test BPC 2.61 and 2.62, far
-#   below the frequency model's 4.78 and still falling; the curves lie within a few hundredths of a bit of each
-#   other throughout. That is one seed and a small budget, not a result. The experiment
-#   (`python -m minidni experiment charlm --budget short`, 15,000 updates of a 256-unit LSTM, with DNI + Aux too)
-#   records its measured results in `docs/results.md`.
+# * Measured at the default size on Shakespeare (6,000 updates of a 128-unit LSTM, one seed, 13-40 s per run on
+#   one core, depending on the machine's load): best validation BPC 2.83 for truncated BPTT and 2.85 for DNI, test
+#   BPC 2.61 and 2.63, far below the frequency model's 4.78 and still falling; the curves lie within 0.03 bits of
+#   each other throughout, DNI's at or a little above BPTT's after the first evaluation. That is one seed and a small
+#   budget, not a result. The experiment (`python -m minidni experiment charlm --budget short`, 15,000 updates of a
+#   256-unit LSTM, with DNI + Aux too) records its measured results in `docs/results.md`.
 
 # %%
 assert figure.exists() and figure.stat().st_size > 0, "the figure was not written"

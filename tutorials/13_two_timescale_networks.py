@@ -17,8 +17,9 @@
 # The paper's last recurrent setting (Jaderberg et al. 2016, the multi-network system; recalled, not checked) is
 # two networks that run at different clock rates: network B ticks once every $T$ ticks of network A and reads
 # only what A sends it. With backprop A must wait for B's backward pass before it can learn anything from B's
-# loss; a synthetic gradient on the link lets A update at once. `minidni.recurrent.multinet` builds such a system around a
-# task designed so that B can succeed **only if A learns from B's loss**, and this tutorial proves with asserts:
+# loss; a synthetic gradient on the link lets A update at once. `minidni.recurrent.multinet` builds such a system
+# around a task designed so that B can succeed **only if A learns from B's loss**, and this tutorial proves with
+# asserts:
 #
 # 1. **the system and the task**: A names the symbol it is reading, B must name the symbol A read at the start of
 #    B's window, $T - 1$ steps before the message; the message is $m = h_A W_m + b$;
@@ -195,12 +196,13 @@ print("bprop: A's gradient = its own loss + B's true dL/dm sent back through W_m
 # ## 3. The four systems, and what each must never do
 #
 # * **dni**: at the end of each window, a module $M$ predicts $\partial L_B / \partial m$ **at once**, from what A
-#   knows when it sends: its state, read as $[h, \tanh c]$, and, with `sg_context=True` (the experiment's `dni`), the $T$ symbols
-#   it read in the window, one-hot. A updates with its own gradient plus the prediction sent back through $W_m$
-#   (`sg_use_scale` is 1 here). B keeps its truncation of `b_ticks` ticks, so the true $\partial L_B / \partial
-#   m_j$ exists only when B's chunk holding message $j$ has run, at tick $b \lceil j / b \rceil$ for
-#   $b$ = `b_ticks`: **that** is the module's regression target, arriving 0 to $b - 1$ ticks after A used the
-#   prediction, $b$ targets at a time. A never waits.
+#   knows when it sends: its state, read as $[h, \tanh c]$, and, with `sg_context=True` (the experiment's `dni`), the
+#   $T$ symbols it read in the window, one-hot. A updates with its own gradient plus the prediction sent back
+#   through $W_m$ (`sg_use_scale` is 1 here). B keeps its truncation of `b_ticks` ticks, so the true $\partial L_B /
+#   \partial m_j$ exists only when B's chunk holding message $j$ has run, at tick $b \lceil j / b \rceil$ for $b$ =
+#   `b_ticks`: **that** is the module's regression target, arriving 0 to $b - 1$ ticks after A used the
+#   prediction, $b$ targets at a time. The module has moved since it predicted (one regression step per earlier
+#   target), so it predicts again for each message with its current weights and regresses that. A never waits.
 # * **bprop**: A waits for B at every window (section 2).
 # * **cut**: A learns from its own loss only; nothing flows back along the link, so $W_m$ never learns and B
 #   reads whatever a random projection of A's state carries.
@@ -371,7 +373,7 @@ print(f"wrote {figure}")
 #   seed), the random `frozen` A leaks some of it (B reaches about 0.31), while the `cut` A, trained only to name
 #   the current symbol, leaves B at chance (about 0.13 against 0.125).
 # * `dni` and `bprop` both teach A to keep the symbol and put it into the message: B passes 95% within about 750
-#   ticks under `bprop` and about 2,250 under `dni`, and both end near 0.997-0.999. `bprop` gets there first, but only
+#   ticks under `bprop` and about 1,250 under `dni`, and both end near 0.997-1.000. `bprop` gets there first, but only
 #   because A waits for B at every window; under `dni` A never waits, and the module learns from targets that
 #   arrive up to `b_ticks` - 1 ticks late. One seed, a short budget: the experiment's measured numbers, with
 #   `dni-state-only` beside them, are in `docs/results.md`.

@@ -37,8 +37,8 @@
 #    and compared with the NumPy reference;
 # 5. the memory traffic, counted on paper: per version of `sg_predict`, and for a whole training step, fused
 #    against unfused. **No speed is measured here**: without a GPU there is none to measure;
-# 6. the whole fused DNI step on the emulator (`Network.use_kernels`): one step equals the engine's step, and a
-#    small FCN3 trains through the kernels;
+# 6. the whole fused DNI step on the emulator (`minidni.cuda.fused.use_kernels`): one step equals the engine's
+#    step, and a small FCN3 trains through the kernels;
 # 7. the same checks on a real GPU, when CuPy and a GPU are present (otherwise they are skipped, never faked).
 #
 # Sizes: `MINIDNI_TINY=1` shrinks everything so that the script runs in a few seconds (the test suite does
@@ -65,6 +65,7 @@ from minidni.dni.network import build_network
 from minidni.core.gradcheck import assert_close
 from minidni.core.optim import Adam
 from minidni.runs.plots import save_figure
+from minidni.cuda.fused import use_kernels
 
 minidni.core.backend.set_backend("numpy")  # the hand computations and the emulator work on NumPy arrays
 
@@ -742,11 +743,11 @@ print(f"wrote {OUT / FIGURES[1]}")
 # %% [markdown]
 # ## 6. The whole fused DNI step, on the emulator
 #
-# `Network.use_kernels(kernels)` makes `train_step` run `minidni.cuda.fused.FusedDNIStep`: the same step as the
-# engine's `_dni_step`, in the same order, with each piece computed by a kernel (`linear_forward`, batch norm,
-# `sg_predict`, `layer_update_adam`, `sg_update_adam`, `softmax_xent`, `adam_step`); the few products that stay
-# library calls (the $\partial x = \partial z W^\top$ that becomes the lower module's target) run on NumPy here and
-# on cuBLAS on a GPU. With the emulator, that is the real kernels training a real network, on any machine.
+# `use_kernels(net, kernels)` makes `net.train_step` run `minidni.cuda.fused.FusedDNIStep`: the same step as the
+# engine's `minidni.dni.steps.dni_step`, in the same order, with each piece computed by a kernel (`linear_forward`,
+# batch norm, `sg_predict`, `layer_update_adam`, `sg_update_adam`, `softmax_xent`, `adam_step`); the few products
+# that stay library calls (the $\partial x = \partial z W^\top$ that becomes the lower module's target) run on NumPy
+# here and on cuBLAS on a GPU. With the emulator, that is the real kernels training a real network, on any machine.
 #
 # **Check: one fused step = one engine step.** From the same state (section 1's network, after its warm-up), the
 # engine and a deep copy running the kernels take the same batch; then every parameter, Adam moment and
@@ -759,7 +760,7 @@ if EMULATOR:
         base.train_step(xb_, yb_)
     for v in (3, 2, 1):
         engine, fused = copy.deepcopy(base), copy.deepcopy(base)
-        fused.use_kernels(kernels, {op: v for op in ("linear_forward", "sg_predict", "layer_update", "sg_update")})
+        use_kernels(fused, kernels, {op: v for op in ("linear_forward", "sg_predict", "layer_update", "sg_update")})
         want, got = engine.train_step(xb, yb), fused.train_step(xb, yb)
         assert_close(got["loss"], want["loss"], rtol=1e-5, name="loss")
         assert_close(np.array(got["sg_loss"]), np.array(want["sg_loss"]), rtol=1e-4, name="SG losses")
@@ -824,7 +825,7 @@ if EMULATOR:
     for name in RUNS:
         run = fcn3()
         if name == "kernels (emulator)":
-            run.use_kernels(kernels)
+            use_kernels(run, kernels)
         shuffle = np.random.default_rng([0, 1])  # the same batches for every run
         permute = np.random.default_rng(7)  # the control: the same rows in another order
         losses, sg_losses = [], []
@@ -886,7 +887,7 @@ else:
 # %%
 if EMULATOR:
     nets3 = {"engine": fcn3(), "kernels": fcn3()}
-    nets3["kernels"].use_kernels(kernels)
+    use_kernels(nets3["kernels"], kernels)
     first3 = []
     for xb_, yb_ in iterate_minibatches(x_tr, y_tr, BATCH, rng=np.random.default_rng([0, 1]), drop_last=True):
         first3.append((xb_, yb_))  # the training runs' first three batches
@@ -980,7 +981,7 @@ if GPU:
     minidni.core.backend.set_backend("cupy")
     try:
         engine, fused = small_fcn3(), small_fcn3()
-        fused.use_kernels(gpu_kernels)
+        use_kernels(fused, gpu_kernels)
         for xb_, yb_ in random_batches(4, B1, D_IN, seed=1):
             engine.train_step(cupy.asarray(xb_), cupy.asarray(yb_))
             fused.train_step(cupy.asarray(xb_), cupy.asarray(yb_))

@@ -32,7 +32,8 @@
 # 5. feedback alignment (FA) and direct feedback alignment (DFA) as fixed, untrained synthetic gradients, next to
 #    backprop and a learned SG on a small classifier.
 #
-# The code is `minidni/experiments/czarnecki.py`; `python -m minidni experiment czarnecki` runs the full grid (docs/czarnecki.md).
+# The code is the package `minidni/experiments/czarnecki/` (`problems.py`, `training.py`, `report.py`, read in that
+# order); `python -m minidni experiment czarnecki` runs the full grid (docs/czarnecki.md).
 # Sizes: `MINIDNI_TINY=1` shrinks the runs so that the script takes a few seconds (every check still runs);
 # figures go to `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
 

@@ -66,10 +66,17 @@ from minidni.parallel.simulate import (
     split_costs,
     step_time,
 )
-from minidni.parallel.speedup import costs_in_subprocess, late_targets, measure_transfer, measured_timeline, without_modules
+from minidni.parallel.speedup import (
+    costs_in_subprocess,
+    late_targets,
+    measure_transfer,
+    measured_timeline,
+    without_modules,
+)
 from minidni.runs.timeline import draw_timeline, legend_handles
 from minidni.runs.train import TrainConfig, train
-from minidni.parallel.workers import CRASH_ENV, WorkerError, mpiexec_path, plot_staleness
+from minidni.parallel.faults import CRASH_ENV
+from minidni.parallel.workers import WorkerError, mpiexec_path, plot_staleness, train_in_workers
 
 minidni.core.backend.set_backend("numpy")  # the workers run the engine on the CPU
 
@@ -168,7 +175,7 @@ print(f"{'tiny' if TINY else 'default'} size; figures go to {OUT}; load average 
 exact = dict(data="spirals", model="fcn4", mode="cdni", hidden=16 if TINY else 64, epochs=1 if TINY else 3,
              batch=64, train_subset=512 if TINY else 0, lr=1e-2, sg_lr=1e-3, progress=False)  # fmt: skip
 m_one = train(TrainConfig(out=str(RUNS / "exact_one_process"), **exact), log=quiet)
-m_thr = train(TrainConfig(out=str(RUNS / "exact_threads"), workers="thread", delay=0, **exact), log=quiet)
+m_thr = train_in_workers(TrainConfig(out=str(RUNS / "exact_threads"), workers="thread", delay=0, **exact), log=quiet)
 a_one, _ = load_checkpoint(RUNS / "exact_one_process" / "checkpoint.npz")
 a_thr, meta_thr = load_checkpoint(RUNS / "exact_threads" / "checkpoint.npz")
 differ = [k for k in a_one if not np.array_equal(a_one[k], a_thr[k])]
@@ -234,7 +241,8 @@ runs = {}
 for mode in ("cdni", "bprop"):
     out = RUNS / f"{mode}_2_processes"
     t0 = time.perf_counter()
-    metrics = train(TrainConfig(out=str(out), mode=mode, workers="process", **two_blocks), log=quiet, data=DATA)
+    cfg = TrainConfig(out=str(out), mode=mode, workers="process", **two_blocks)
+    metrics = train_in_workers(cfg, log=quiet, data=DATA)
     _, meta = load_checkpoint(out / "checkpoint.npz")
     events, busy = measured_timeline(out)  # the events the workers recorded, and total work / makespan
     runs[mode] = {"out": out, "metrics": metrics, "workers": meta["workers"], "events": events, "busy": busy}
@@ -486,8 +494,8 @@ for sg_lr in SG_LRS:
     for d in DELAYS:
         for seed in SEEDS:
             out = RUNS / f"delay{d}_sglr{sg_lr:g}_seed{seed}"
-            m = train(TrainConfig(out=str(out), workers="thread", delay=d, sg_lr=sg_lr, seed=seed, **delay_runs),
-                      log=quiet)  # fmt: skip
+            cfg = TrainConfig(out=str(out), workers="thread", delay=d, sg_lr=sg_lr, seed=seed, **delay_runs)
+            m = train_in_workers(cfg, log=quiet)
             error.setdefault((sg_lr, d), []).append(m[-1]["test_error_pct"])
             for block, used in json.loads((out / "staleness.json").read_text()).items():
                 last = m[-1]["step"] - 1
@@ -558,7 +566,7 @@ for spec, expect in (("1:5", "block 1"), ("1:5:hang", "from block 1")):
     os.environ[CRASH_ENV] = spec  # read by the workers when they start
     t0 = time.perf_counter()
     try:
-        train(TrainConfig(out=str(RUNS / f"crash_{spec.replace(':', '_')}"), mode="cdni", workers="process",
+        train_in_workers(TrainConfig(out=str(RUNS / f"crash_{spec.replace(':', '_')}"), mode="cdni", workers="process",
                           wait_timeout=WAIT, **crash_runs), log=quiet)  # fmt: skip
         raise AssertionError(f"{CRASH_ENV}={spec}: the run should have failed")
     except WorkerError as err:

@@ -30,7 +30,7 @@ function accepts them, are written in place so that training loops can reuse mem
 
 import numbers
 
-from minidni.core.backend import array_module
+from minidni.core.backend import array_module, to_numpy
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -424,6 +424,16 @@ def batchnorm2d_backward(dy, cache, dgamma=None, dbeta=None):
 
 # ----------------------------------------------------------------------------------------------------------
 # losses: batch means, each returning the loss value and the gradient with respect to its input
+
+
+def check_labels(labels, n_classes):
+    """labels in [0, n_classes), or ValueError: the losses below index with them, where a label of -1 would pick
+    class K-1 silently. For device labels this is one read back to the host: check host labels before upload."""
+    if labels.size == 0:
+        return
+    lo, hi = (int(v) for v in to_numpy(array_module(labels).stack((labels.min(), labels.max()))))
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"labels must be in [0, {n_classes}), got values in [{lo}, {hi}]")
 
 
 def softmax_cross_entropy(logits, labels):

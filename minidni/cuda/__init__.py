@@ -10,5 +10,10 @@ they are tested on machines without a GPU.
     timing, bench            device time alone, and the GPU benchmark built on it
     cupy_api, cupy_audit, cupy_standin   what CuPy accepts, every array call checked against it, and the engine
                run on NumPy arrays held to CuPy's rules - the GPU path's Python checked without a GPU
-    doctor     `python -m minidni doctor`: one command that says whether the GPU path works on this machine
+
+`python -m minidni doctor` (minidni.doctor, above every layer because it also runs a short training run) says in
+one command whether this path works on a machine.
+
+What this package deliberately is not: a second engine. The fused step computes exactly minidni.dni.steps.dni_step;
+the package sits above minidni.dni (it runs its networks) and below the runs that attach it (use_kernels).
 """

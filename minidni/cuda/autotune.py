@@ -7,7 +7,7 @@ blocks on a GPU with 132 SMs, with no split-K and no double buffering, while cuB
 shape. Which wins depends on the GPU, the shape and the library versions, so it is measured where it runs:
 
     plan, record = autotune.plan_for(net.fused_step, batch, kernels)   # {op_key: version}, what to log
-    net.use_kernels(kernels, plan=plan)
+    use_kernels(net, kernels, plan=plan)
 
 For each operation and shape (FusedDNIStep.operations) the fastest kernel version and the unfused alternative are
 timed on random inputs of that shape with minidni.cuda.timing (device time alone, the median of a few rounds).

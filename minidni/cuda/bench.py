@@ -36,6 +36,7 @@ from minidni.cuda.checks import UNFUSED
 from minidni.cuda.fused import OPTIMIZER_CODES
 from minidni.cuda.loader import Kernels, get_kernels
 from minidni.cuda.timing import DeviceTimer
+from minidni.cuda.fused import use_kernels
 
 FP32 = 4  # bytes
 # FP32 lanes per SM by compute capability major.minor (CUDA programming guide, arithmetic instructions table)
@@ -179,10 +180,10 @@ def bench_steps(kernels, widths, batch, repeats, modes=("cdni", "dni"), out=prin
             for path in ("unfused", "fused", "auto"):
                 net = build_network(depth=3, mode=mode, sg=sg, hidden=width, seed=seed)
                 if path != "unfused":
-                    net.use_kernels(kernels)
+                    use_kernels(net, kernels)
                 if path == "auto":
                     plan, _ = plan_for(net.fused_step, batch, kernels, log=tune_log or (lambda m: None))
-                    net.use_kernels(kernels, plan=plan)
+                    use_kernels(net, kernels, plan=plan)
                 step = lambda net=net: net.train_step(x, y, labels_checked=True)  # noqa: E731
                 times[path] = _step_seconds(kernels.target, step, repeats)
             row = {

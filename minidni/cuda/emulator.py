@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidni.cuda.loader import included_headers
+from minidni.cuda.includes import included_headers
 
 EMU_DIR = Path(__file__).resolve().parent / "emu"
 RUNTIME_HEADER = EMU_DIR / "runtime.h"

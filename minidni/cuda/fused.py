@@ -1,6 +1,6 @@
 """The DNI / cDNI training step of minidni.dni.network.Network, run through the fused kernels.
 
-It is the same step, in the same order, as Network._dni_step - read that first. What changes is how each
+It is the same step, in the same order, as minidni.dni.steps.dni_step - read that first. What changes is how each
 piece is computed (kernel names are kernels/*.cu files):
 
     per hidden block i, as soon as h_{i-1} exists:
@@ -30,7 +30,7 @@ import numpy as np
 
 from minidni.core import functional as F
 from minidni.core.backend import to_numpy
-from minidni.dni.network import DivergenceError
+from minidni.dni.blocks import DivergenceError
 from minidni.core.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
 from minidni.cuda import norm_ops
 from minidni.cuda import ops
@@ -100,6 +100,34 @@ def op_key(op, *dims):
     return f"{op}({','.join(str(int(d)) for d in dims)})"
 
 
+def has_fused_form(net):
+    """Whether the fused step below runs `net`: a DNI/cDNI FCN with bootstrapped targets, one linear layer per
+    block (no split), and neither stochastic updates nor complete unlock."""
+    return (
+        net.mode in ("dni", "cdni")
+        and net.sg_target == "bootstrap"
+        and net.gate is None
+        and net.inputs is None
+        and net.blocks[0].layers.layers[0].params["W"].ndim == 2  # the kernels are for FCNs
+        and all(sum(isinstance(layer, Linear) for layer in b.layers.layers) == 1 for b in net.blocks)
+    )
+
+
+def use_kernels(net, kernels, versions=None, plan=None):
+    """Make net.train_step run through the fused CUDA kernels: `kernels` is a minidni.cuda.loader.Kernels (CuPy
+    on a GPU, or the CPU emulator); None goes back to the engine's own (unfused) step. Only DNI/cDNI steps with
+    bootstrapped targets have a fused form. versions and plan choose kernel versions, per operation or per
+    operation and shape (FusedDNIStep)."""
+    if kernels is None:
+        net.fused_step = None
+        return
+    if net.timeline is not None:
+        raise ValueError("a recording timeline is attached; the fused step cannot be recorded (record_timeline(None))")
+    if net.gate is not None or net.inputs is not None:
+        raise ValueError("stochastic updates and complete unlock have no fused form; use the engine's own step")
+    net.fused_step = FusedDNIStep(net, kernels, versions, plan)
+
+
 class FusedDNIStep:
     """net.train_step for a DNI/cDNI Network, through `kernels` (a minidni.cuda.loader.Kernels).
 
@@ -113,7 +141,9 @@ class FusedDNIStep:
         if net.sg_target != "bootstrap":
             raise ValueError("the fused kernels implement bootstrapped targets; sg_target='true' runs unfused")
         if any(sum(isinstance(layer, Linear) for layer in b.layers.layers) > 1 for b in net.blocks):
-            raise ValueError("the fused kernels implement blocks of one linear layer each; a split network runs unfused")
+            raise ValueError(
+                "the fused kernels implement blocks of one linear layer each; a split network runs unfused"
+            )
         self.net, self.kernels = net, kernels
         fastest = {op: available[-1] for op, available in {**ops.VERSIONS, **norm_ops.VERSIONS}.items()}
         unknown = set(versions or {}) - set(fastest)
@@ -209,11 +239,11 @@ class FusedDNIStep:
         """int32 labels on the device, known to lie in [0, K): a kernel would read out of bounds otherwise."""
         xp, K = self.kernels.xp, self.blocks[-1].lin.d_out
         if isinstance(labels, np.ndarray) and xp is not np:  # on the host: check there, then upload
-            ops.check_labels(labels, K)
+            F.check_labels(labels, K)
             return xp.asarray(labels, dtype=np.int32)
         labels = xp.ascontiguousarray(labels, dtype=np.int32)
         if not checked:
-            ops.check_labels(labels, K)  # one read, before any kernel runs
+            F.check_labels(labels, K)  # one read, before any kernel runs
         return labels
 
     def _check_divergence(self, norms, loss):

@@ -21,7 +21,7 @@ import numpy as np
 
 from minidni.cuda import unfused
 from minidni.cuda.checks import UNFUSED, ceil_div, check_array, check_matrix, check_version
-from minidni.cuda.ops import check_labels
+from minidni.core.functional import check_labels
 from minidni.cuda.reference import ACTS
 
 VERSIONS = {

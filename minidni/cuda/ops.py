@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minidni.core.backend import array_module, to_numpy
+from minidni.core.functional import check_labels
 from minidni.cuda import unfused
 from minidni.cuda.checks import UNFUSED, ceil_div, check_array, check_matrix, check_type, check_version
 
@@ -55,16 +55,6 @@ def _labels_arg(kernels, labels, B, n_classes, checked):
     if not checked:
         check_labels(labels, n_classes)
     return labels
-
-
-def check_labels(labels, n_classes):
-    """labels in [0, n_classes), or ValueError. For device labels this is one read back to the host, which waits
-    for the device: check labels on the host before upload where you can (minidni.runs.train does, once per run)."""
-    if labels.size == 0:
-        return
-    lo, hi = (int(v) for v in to_numpy(array_module(labels).stack((labels.min(), labels.max()))))
-    if lo < 0 or hi >= n_classes:
-        raise ValueError(f"labels must be in [0, {n_classes}), got values in [{lo}, {hi}]")
 
 
 # ----------------------------------------------------------------------------------------------------------

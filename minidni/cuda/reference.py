@@ -1,4 +1,5 @@
-"""The NumPy reference of every CUDA kernel, written with minidni's own math (minidni.core.functional, minidni.core.optim).
+"""The NumPy reference of every CUDA kernel, written with minidni's own math (minidni.core.functional,
+minidni.core.optim).
 
 A kernel is correct when it returns what its reference returns, to float32 tolerance, on shapes that are not
 multiples of its tile or block sizes. Each reference states the kernel's contract: inputs, outputs, and which

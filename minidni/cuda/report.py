@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 
 from minidni.cuda import nvrtc
-from minidni.cuda.loader import included_headers, kernel_files
+from minidni.cuda.includes import included_headers
+from minidni.cuda.loader import kernel_files
 
 COLUMNS = ("file", "kernel", "arch", "registers", "shared_bytes", "spill_stores", "spill_loads", "stack_frame")
 

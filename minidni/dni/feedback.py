@@ -26,7 +26,8 @@ import numpy as np
 
 from minidni.core import functional as F
 from minidni.core.backend import DEFAULT_DTYPE, to_numpy, xp
-from minidni.dni.network import DivergenceError, eval_logits, fcn_blocks
+from minidni.dni.blocks import DivergenceError, eval_logits
+from minidni.dni.network import check_batch, fcn_blocks
 from minidni.core.layers import Linear
 from minidni.core.optim import make_optimizer
 from minidni.dni.synthetic import make_synthetic_gradient
@@ -175,15 +176,6 @@ class FeedbackNetwork:
             s.check(stacks[i], stacks[i + 1], i)
         self.blocks, self.signals, self.max_norm = list(stacks), list(signals), max_norm
 
-    def _check_batch(self, x, labels):
-        W = self.blocks[0].layers[0].params["W"]  # a Linear: (D_in, D_out)
-        if x.ndim != 2 or x.shape[1] != W.shape[0]:
-            raise ValueError(f"x must be (B, {W.shape[0]}), got shape {tuple(x.shape)}")
-        if x.dtype != W.dtype:
-            raise TypeError(f"x must be {W.dtype} like the network's parameters, got {x.dtype}")
-        if labels.shape != (x.shape[0],) or labels.dtype.kind not in "iu":
-            raise ValueError(f"labels must be ({x.shape[0]},) integers, got shape {tuple(labels.shape)} {labels.dtype}")
-
     def _forward(self, x):
         """Training-mode forward: hs[i] = h_i for the hidden blocks, hs[-1] = logits; caches[i] is block i's."""
         hs, caches, h = [], [], x
@@ -211,7 +203,7 @@ class FeedbackNetwork:
         """One locked step on x (B, D_in), labels (B,). Returns {"loss": float, "sg_loss": [float or None per
         hidden block]} (None for the blocks whose signal learns nothing). labels_checked: as Network.train_step's
         (this step has no fused form, so it changes nothing here)."""
-        self._check_batch(x, labels)
+        check_batch(self.blocks[0].layers[0].params["W"], x, labels)
         n = len(self.signals)
         hs, caches = self._forward(x)
         loss, e = self._loss(hs[-1], labels)
@@ -227,7 +219,7 @@ class FeedbackNetwork:
     def error_signals(self, x, labels):
         """Every hidden block's signal and the true backprop gradient for one batch, as a training step would see
         them: {"signal": [dh_i], "true": [delta_i]}. Changes no parameter, SG module or batch-norm statistic."""
-        self._check_batch(x, labels)
+        check_batch(self.blocks[0].layers[0].params["W"], x, labels)
         saved = {k: v.copy() for k, v in self.state_arrays().items() if "running_" in k}
         hs, caches = self._forward(x)
         _, e = self._loss(hs[-1], labels)

@@ -5,7 +5,7 @@ each forward pass, every block independently flips a coin: with probability p_up
 and its update, in a random order among the blocks chosen. Nothing else is synchronised.
 
 Numbering is the code's: blocks 0 .. N-1 (N-1 is the output block) and sg_i, the synthetic-gradient module on
-block i's output (net.hidden[i].sg; minidni.dni.network maps these to the paper's f_{i+1} and M_{i+2}).
+block i's output (net.hidden[i].sg; minidni.dni.steps maps these to the paper's f_{i+1} and M_{i+2}).
 
     bprop (gated):  a block's gradient comes from the block above it. If any block above skipped its backward,
                     the chain is broken and everything below gets no gradient on this pass: block 0 receives an
@@ -15,7 +15,7 @@ block i's output (net.hidden[i].sg; minidni.dni.network maps these to the paper'
                     probability p no matter what the other blocks do. sg_i itself learns only when block i+1 runs
                     its backward (that is when its target, block i+1's input gradient, exists).
 
-One gated step on a batch (x, y):
+One gated step on a batch (x, y) (minidni.dni.steps: gated_step, gated_bprop_step, gated_dni_step):
 
     forward every block (the real forward pass; every cache is kept)
     chosen = [blocks whose coin came up, in random order]
@@ -27,6 +27,8 @@ One gated step on a batch (x, y):
 
 The order matters under DNI: if block j+1 runs before block j, sg_j has already taken a regression step when
 block j asks it for a synthetic gradient.
+
+This module holds the coins (UpdateGate); the gated steps are with the other training steps in minidni.dni.steps.
 
 What this module deliberately is not: asynchronous. The coins make the *schedule* irregular; the steps still run
 one after another in this process, so that every run is reproducible from its seed.
@@ -69,59 +71,6 @@ class UpdateGate:
 
     def __repr__(self):
         return f"UpdateGate(p_update={self.p_update})"
-
-
-def gated_bprop_step(net, x, labels, chosen, train_hidden=True):
-    """Backprop in which only the chosen blocks run their backward: the gradient stops at the first one that
-    did not. Returns the step's record, with "updated": the blocks that really updated."""
-    hs, caches = net.forward_hidden(x)  # the real forward pass: every block, every cache kept
-    loss, dh, out_cache = net._loss(hs[-1], labels)
-    n = len(net.hidden)
-    updated = []
-    if n not in chosen:  # the output block skipped its backward: nothing below hears about this batch
-        return {"loss": loss, "sg_loss": [], "updated": updated}
-    dh = net.output.backward(dh, out_cache, need_dx=train_hidden)
-    net.output.update()
-    updated.append(n)
-    if train_hidden:
-        for i in range(n - 1, -1, -1):
-            if i not in chosen:
-                break  # the chain is broken: blocks i, i-1, .., 0 get no gradient on this pass
-            dh = net.hidden[i].backward(dh, caches[i], need_dx=i > 0)
-            net.hidden[i].update()
-            updated.append(i)
-    return {"loss": loss, "sg_loss": [], "updated": updated}
-
-
-def gated_dni_step(net, x, labels, chosen):
-    """DNI / cDNI in which only the chosen blocks update, in the order given. SG losses of modules that got no
-    target on this pass are None."""
-    hs, caches = net.forward_hidden(x)
-    loss, dlogits, out_cache = net._loss(hs[-1], labels)
-    n = len(net.hidden)
-    sg_loss = [None] * n
-    for j in chosen:
-        if j == n:  # the output block: the only true gradient, which is also the top module's target
-            dh_true = net.output.backward(dlogits, out_cache)  # dL/dh of the last hidden block: hs[-1]'s shape
-            net.output.update()
-            dx = dh_true
-        else:
-            dx, _, _ = net.hidden[j].synthetic_step(hs[j], caches[j], labels, need_dx=j > 0)
-        if j > 0:  # dx is the target of sg_{j-1}, the module on block j-1's output; ask it for its prediction now
-            below = net.hidden[j - 1]
-            dh_syn, sg_cache, _ = below.synthetic_gradient(hs[j - 1], labels)
-            sg_loss[j - 1] = below.sg_update(dh_syn, sg_cache, dh_target=dx)
-    return {"loss": loss, "sg_loss": sg_loss, "updated": list(chosen)}
-
-
-def gated_step(net, x, labels):
-    """One step of `net` under its gate (net.gate): draws the coins and runs the mode's gated step."""
-    chosen = net.gate.draw(len(net.blocks))
-    if net.mode == "bprop":
-        return gated_bprop_step(net, x, labels, chosen, train_hidden=True)
-    if net.mode == "nobprop":
-        return gated_bprop_step(net, x, labels, chosen, train_hidden=False)
-    return gated_dni_step(net, x, labels, chosen)
 
 
 def update_counts(records, n_blocks):

@@ -9,7 +9,7 @@ synthetic-gradient module on h_i (net.hidden[i].sg), I_i = the synthetic-input m
 
     u_i = I_i(x) ~ h_{i-1}                               code: the block's synthetic input
 
-so block i can run the moment x exists. One completely unlocked step on a batch (x, y):
+so block i can run the moment x exists. One completely unlocked step (minidni.dni.steps.unlocked_step):
 
     every block i, in any order (none reads anything another block produced on this batch):
         u_i            = x                 for block 0, else I_i(x)
@@ -76,32 +76,6 @@ class SyntheticInput:
 
     def __repr__(self):
         return f"SyntheticInput(d_x={self.d_x}, d={self.d}, hidden={self.hidden})"
-
-
-def unlocked_step(net, x, labels):
-    """One completely unlocked step of `net` (which has net.inputs[i - 1] = I_i for blocks i = 1 .. N-1)."""
-    n = len(net.blocks)
-    # the synthetic inputs, predicted from x before any block moves: (h_hat (B, D_{i-1}), cache) per block
-    predicted = [None] + [net.inputs[i - 1].predict(x) for i in range(1, n)]
-    hs, dxs, pending = [], [], []
-    for i, block in enumerate(net.hidden):  # any order would do: no block reads another block's results
-        u = x if i == 0 else predicted[i][0]
-        h, cache = block.forward(u)  # (B, D_i)
-        dx, dh_syn, sg_cache = block.synthetic_step(h, cache, labels, need_dx=i > 0)
-        hs.append(h)
-        dxs.append(dx)  # block i's input gradient, at its synthetic input: the target of sg_{i-1}
-        pending.append((dh_syn, sg_cache))
-    loss, dlogits, cache = net._loss(predicted[n - 1][0], labels)  # the output block, on its synthetic input
-    dxs.append(net.output.backward(dlogits, cache))
-    net.output.update()
-    # the learning signals between neighbours: block i's real output trains I_{i+1}; block i+1's input
-    # gradient trains sg_i
-    input_loss, sg_loss = [], []
-    for i in range(n - 1):
-        h_hat, in_cache = predicted[i + 1]
-        input_loss.append(net.inputs[i].update(h_hat, in_cache, h_real=hs[i]))
-        sg_loss.append(net.hidden[i].sg_update(*pending[i], dh_target=dxs[i + 1]))
-    return {"loss": loss, "sg_loss": sg_loss, "input_loss": input_loss}
 
 
 def make_synthetic_inputs(d_x, widths, hidden=(1024,), rng=None, dtype=DEFAULT_DTYPE):

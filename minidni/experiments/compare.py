@@ -31,7 +31,9 @@ def read_run(run_dir):
             config = json.load(f)["config"]
         metrics = read_metrics(run_dir)
     except (ValueError, KeyError) as err:
-        raise ValueError(f"{run_dir}: config.json or metrics.jsonl is not what minidni.runs.train writes ({err})") from err
+        raise ValueError(
+            f"{run_dir}: config.json or metrics.jsonl is not what minidni.runs.train writes ({err})"
+        ) from err
     if not metrics:
         raise ValueError(f"{run_dir} has no finished epoch yet (metrics.jsonl is empty)")
     return config, metrics

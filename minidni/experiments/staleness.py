@@ -1,7 +1,8 @@
 """`python -m minidni experiment staleness`: test error against the delay of the synthetic-gradient targets.
 
-In workers (minidni.parallel.workers) block i's SG module learns from a target that block i+1 makes after it has received
-h_i, so the target of step s comes back some steps after block i has moved on. This experiment fixes that delay:
+In workers (minidni.parallel.workers) block i's SG module learns from a target that block i+1 makes after it has
+received h_i, so the target of step s comes back some steps after block i has moved on. This experiment fixes that
+delay:
 with `delay = d` each module regresses at step t onto the target of step t - d (deterministic, so every run is
 reproducible whatever the machine does), for d in DELAYS, plus one asynchronous run whose delay is whatever the
 speeds make it (its mean staleness is reported beside it). Everything else is the run of the parallel benchmark
@@ -47,7 +48,8 @@ BUDGETS = {
 def run(out, budget="short", seeds=(0,), log=print):
     """Train every (delay, seed) of the budget (and one asynchronous run per seed); write results.json and
     staleness.png; returns the results."""
-    from minidni.runs.train import TrainConfig, train
+    from minidni.parallel.workers import train_in_workers
+    from minidni.runs.train import TrainConfig
 
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; expected one of {tuple(BUDGETS)}")
@@ -68,7 +70,7 @@ def run(out, budget="short", seeds=(0,), log=print):
                     out=run_dir, progress=False,
                 )  # fmt: skip
                 log(f"{name}: training")
-                train(cfg, log=lambda _msg: None)
+                train_in_workers(cfg, log=lambda _msg: None)
             last = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))[-1]
             rows.append({
                 "delay": delay, "seed": seed, "test_error_pct": last["test_error_pct"],

@@ -1,10 +1,10 @@
 """A discrete-event simulator of training steps with one worker per block: predicted step time and throughput.
 
 Given what one step of each block costs on this machine (`Costs`, seconds, measured at the run's batch size), it
-plays out the worker loops of minidni.parallel.workers event by event and returns the events (minidni.runs.timeline.Event,
-the kinds of timeline.KINDS) that `timeline.draw_timeline` draws as Gantt charts. Each worker does its own events
-one after another. Two kinds of message couple neighbours, and each arrives `transfer` seconds after the event it
-is sent after ends:
+plays out the worker loops of minidni.parallel.workers event by event and returns the events
+(minidni.runs.timeline.Event, the kinds of timeline.KINDS) that `timeline.draw_timeline` draws as Gantt charts. Each
+worker does its own events one after another. Two kinds of message couple neighbours, and each arrives `transfer`
+seconds after the event it is sent after ends:
 
     h(t)   block i -> i+1, sent after forward(i, t)
     dx(t)  block i -> i-1, sent after update(i, t), as minidni.parallel.workers does (dx_after="backward": right after

@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from minidni.data.checkpoint import atomic_write, load_checkpoint, read_jsonl
+from minidni.dni.steps import output_loss
 from minidni.parallel.simulate import (
     BlockCost,
     Costs,
@@ -85,9 +86,9 @@ def measure_costs(cfg, in_shape, n_classes, repeats=15):
     decoupled = cfg.mode in ("dni", "cdni")
     for i, block in enumerate(net.blocks):
         if block is net.output:
-            _, dlogits, cache = net._loss(h, y)
+            _, dlogits, cache = output_loss(net, h, y)
             cost = BlockCost(
-                forward=median(lambda: net._loss(h, y)),
+                forward=median(lambda: output_loss(net, h, y)),
                 backward=median(lambda: block.backward(dlogits, cache)),
                 update=median(block.update),
             )
@@ -123,7 +124,10 @@ def costs_in_subprocess(cfg, in_shape, n_classes, repeats):
     """measure_costs in a fresh Python with one BLAS thread, as each worker has; returns Costs."""
     from minidni.runs.train import config_dict
 
-    code = "import json, sys; from minidni.parallel.speedup import _costs_main; print(_costs_main(json.loads(sys.stdin.read())))"
+    code = (
+        "import json, sys; from minidni.parallel.speedup import _costs_main; "
+        "print(_costs_main(json.loads(sys.stdin.read())))"
+    )
     request = {"config": config_dict(cfg), "in_shape": list(in_shape), "n_classes": n_classes, "repeats": repeats}
     env = {**os.environ, **{k: "1" for k in BLAS_ENV}}
     done = subprocess.run(
@@ -148,15 +152,16 @@ def _costs_main(request):
 
 def measure_transfer(shape, repeats=100):
     """Seconds for one message (t, h, y) with h of `shape` (float32) to get from one worker process to another
-    through the queues minidni.parallel.workers uses: half the median round trip of a ping-pong between two processes."""
+    through the queues minidni.parallel.workers uses: half the median round trip of a ping-pong between two
+    processes."""
     import multiprocessing as mp
 
-    from minidni.parallel.workers import _main_left_alone
+    from minidni.parallel.workers import main_left_alone
 
     ctx = mp.get_context("spawn")
     ping, pong = ctx.Queue(), ctx.Queue()
     echo = ctx.Process(target=_echo, args=(ping, pong, repeats + 1), name="minidni-echo")
-    with _main_left_alone():
+    with main_left_alone():
         echo.start()
     h = np.ones(shape, np.float32)
     y = np.zeros(shape[0], np.int64)

@@ -57,11 +57,10 @@ import numpy as np
 
 from minidni.data.checkpoint import atomic_write, restore_arrays, save_checkpoint
 from minidni.core.optim import StepSchedule
+from minidni.dni.steps import output_loss
+from minidni.parallel.faults import crash_plan, fail_here, refuse_in_threads
 from minidni.runs.timeline import Event
 
-WORKERS = ("process", "thread", "mpi")
-CRASH_ENV = "MINIDNI_WORKER_CRASH"  # fault injection for the tests of the error paths: "BLOCK:STEP" makes that
-#                                    worker die abruptly at that step, "BLOCK:STEP:hang" makes it stop answering
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -79,28 +78,6 @@ class WaitTimeout(WorkerError):
 
 class Stopped(WorkerError):
     """This worker stopped because another one had failed: a consequence, not a cause."""
-
-
-def check_config(cfg):
-    """The settings a run in workers supports; raise ValueError naming the first one that is not."""
-    if cfg.workers not in WORKERS:
-        raise ValueError(f"workers must be one of {WORKERS} (or None for one process), got {cfg.workers!r}")
-    if cfg.mode not in ("bprop", "dni", "cdni"):
-        raise ValueError(f"a run in workers trains mode bprop, dni or cdni, got {cfg.mode!r}")
-    if cfg.p_update < 1 or cfg.unlock:
-        raise ValueError("stochastic updates (--p-update) and complete unlock run in one process, not in workers")
-    if cfg.sg_target != "bootstrap":
-        raise ValueError("in workers the SG modules learn from bootstrapped targets only (sg_target='bootstrap')")
-    if cfg.kernels not in ("auto", "unfused"):
-        raise ValueError(f"workers run the engine's own step (kernels auto or unfused), got {cfg.kernels!r}")
-    if cfg.diagnostics:
-        raise ValueError("--diagnostics needs every block in one process; a run in workers logs staleness instead")
-    if cfg.delay is not None and (isinstance(cfg.delay, bool) or not isinstance(cfg.delay, int) or cfg.delay < 0):
-        raise ValueError(f"delay must be an integer >= 0 (steps) or None (asynchronous), got {cfg.delay!r}")
-    if isinstance(cfg.max_inflight, bool) or not isinstance(cfg.max_inflight, int) or cfg.max_inflight < 1:
-        raise ValueError(f"max_inflight must be an integer >= 1, got {cfg.max_inflight!r}")
-    if not (isinstance(cfg.wait_timeout, (int, float)) and 0 < cfg.wait_timeout < float("inf")):
-        raise ValueError(f"wait_timeout must be a positive number of seconds, got {cfg.wait_timeout!r}")
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -216,7 +193,7 @@ class _Recorder:
 
 def _block_parts(net, i):
     """(prefix, part) of block i's state: its layers and its SG module (the names of Network.state_arrays)."""
-    return [(prefix, part) for prefix, part in net._parts() if prefix in (f"block{i}.", f"sg{i}.")]
+    return [(prefix, part) for prefix, part in net.parts() if prefix in (f"block{i}.", f"sg{i}.")]
 
 
 def _snapshot(net, i):
@@ -239,7 +216,7 @@ def run_block(i, cfg, link, plan, data=None, barrier=None):
         shuffle_rng = np.random.default_rng([cfg.seed, 1])  # as train.train: the same batches in the same order
     optimizers = {k: o for prefix, part in _block_parts(net, i) for k, o in part.optimizers(prefix).items()}
     schedule, factor = StepSchedule(plan["milestones"], cfg.lr_gamma), None
-    crash = _crash_step(i)
+    crash = crash_plan(i)  # fault injection for the tests (minidni.parallel.faults): None in a real run
 
     pending = {}  # step s -> (h_i, y, dh_syn, sg_cache, version): M_{i+1}'s predictions waiting for targets
     version = 0  # how many regression steps M_{i+1} has taken: its weights changed if this moved
@@ -277,10 +254,7 @@ def run_block(i, cfg, link, plan, data=None, barrier=None):
         for b in range(plan["n_batches"]):
             t += 1
             recorder.step = t
-            if crash is not None and t == crash[0]:
-                if crash[1] == "hang":  # fault injection (CRASH_ENV): stuck, alive but silent
-                    time.sleep(10 * cfg.wait_timeout)
-                os._exit(3)  # ... or dead, the way a killed process dies: without a word
+            fail_here(crash, t, cfg.wait_timeout)
             if schedule.factor(t) != factor:  # learning rates change only at the schedule's milestones
                 factor = schedule.factor(t)
                 for opt in optimizers.values():
@@ -293,7 +267,7 @@ def run_block(i, cfg, link, plan, data=None, barrier=None):
                 _check_step(i, s, t, "activations")
             # every block sends its dx down as soon as it has it, before its own update
             if top:
-                loss, dlogits, cache = net._loss(x, y)  # the output block's forward and the loss
+                loss, dlogits, cache = output_loss(net, x, y)  # the output block's forward and the loss
                 losses.append(loss)
                 link.send(i - 1, (t, block.backward(dlogits, cache)))  # the true dL/dh_{N-2}
                 block.update()
@@ -349,22 +323,13 @@ def _check_step(i, got, expected, what):
         raise WorkerError(f"block {i} expected the {what} of step {expected}, got step {got}: messages out of order")
 
 
-def _crash_step(i):
-    """(step, how) at which CRASH_ENV makes block i fail, or None."""
-    parts = os.environ.get(CRASH_ENV, "").split(":")
-    if len(parts) in (2, 3) and parts[0].isdigit() and int(parts[0]) == i and parts[1].isdigit():
-        return int(parts[1]), parts[2] if len(parts) == 3 else "die"
-    return None
-
-
 # -------------------------------------------------------------------------------------------------------------
 # running the workers
 
 
 def run_threads(cfg, plan, n_blocks, data):
     """One thread per block in this process; returns the workers' results, block 0 first."""
-    if os.environ.get(CRASH_ENV):
-        raise ValueError(f"{CRASH_ENV} kills a whole process: use it with process workers or MPI, not threads")
+    refuse_in_threads()
     abort = threading.Event()
     queues = _queues(n_blocks, queue.Queue)
     start = threading.Barrier(n_blocks)
@@ -412,7 +377,7 @@ def run_processes(cfg, plan, n_blocks, data):
             )
             for i in range(n_blocks)
         ]
-        with _main_left_alone():
+        with main_left_alone():
             for p in procs:
                 p.start()
     finally:
@@ -492,7 +457,7 @@ class Failures:
 def describe(err):
     """A worker's exception as plain data (it crosses a process boundary): the message, with the traceback for
     anything unexpected, the block it timed out waiting for, and whether it only stopped because of another."""
-    from minidni.dni.network import DivergenceError
+    from minidni.dni.blocks import DivergenceError
 
     expected = isinstance(err, (WorkerError, DivergenceError))  # their messages say all; anything else: traceback
     return {
@@ -503,7 +468,7 @@ def describe(err):
 
 
 @contextlib.contextmanager
-def _main_left_alone():
+def main_left_alone():
     """While the workers start, hide where the caller's __main__ came from. A spawned process re-imports the
     parent's main module (to find functions defined there); ours run only minidni code, and re-running the
     caller's script (a tutorial, `python -m minidni`'s command line) in every worker would start it again."""
@@ -690,7 +655,7 @@ def assemble(cfg, net, plan, results, data, log=print):
         record["seconds"] = max(ends) - (max(r["epoch_ends"][e - 1] for r in results) if e else 0.0)
         record["samples_per_s"] = n_batches * cfg.batch / record["seconds"]
         metrics.append(record)
-        log(T._summary(record))
+        log(T.epoch_summary(record))
     out = cfg.out
     T.write_metrics(out, metrics)
     # the checkpoint of a one-process run, from the workers' last state: their optimisers' step counts and
@@ -700,7 +665,7 @@ def assemble(cfg, net, plan, results, data, log=print):
         opt.t, opt.lr = saved[name]["t"], saved[name]["lr"]
     shuffle_rng = np.random.default_rng()
     shuffle_rng.bit_generator.state = results[0]["rng"]
-    arrays, meta = T._network_state(net, shuffle_rng, epochs, epochs * n_batches, plan["milestones"], cfg)
+    arrays, meta = T.network_state(net, shuffle_rng, epochs, epochs * n_batches, plan["milestones"], cfg)
     meta["workers"] = {"seconds": wall, "samples_per_s": samples / wall, "blocks": len(results)}
     save_checkpoint(os.path.join(out, T.CHECKPOINT), arrays, meta)
     plot_learning_curves(metrics, os.path.join(out, T.CURVES), title=f"{cfg.model} {cfg.mode} in {cfg.workers} workers")

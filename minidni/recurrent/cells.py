@@ -16,7 +16,9 @@ The cell's output (what the readout and the next network read) is h = s[:, :H] i
 sum of what the step-t readout sends back (dhs[t]) and what step t+1 sends back through s_t; ds_T is whatever
 is known about the gradient from beyond the unrolled window: zero for truncated BPTT, a synthetic gradient for
 DNI (minidni.recurrent.truncated). The parameter gradients ACCUMULATE over the steps (`cell.zero_grads()` first): W is
-shared by every step.
+shared by every step. Each step's cache holds the W it stepped with, a snapshot (see minidni.core.layers.Linear.forward)
+taken once per window by `unroll_forward` and shared by its steps, so a backward after an update still uses the
+weights of the forward pass.
 
 `RecurrentNet` is a cell plus a linear readout applied at every step, logits_t = h_t V + c; it is what the
 copy tasks and the language model train.
@@ -58,22 +60,24 @@ class RNNCell(Layer):
         """What a module reading the state sees: h itself, already bounded by tanh."""
         return s
 
-    def step(self, x, s_prev):
-        """x: (B, D), s_prev: (B, H) -> s: (B, H), cache."""
+    def step(self, x, s_prev, W=None):
+        """x: (B, D), s_prev: (B, H) -> s: (B, H), cache. W: a snapshot of params["W"] to step with and cache
+        (shared by the steps of a window, see unroll_forward); None takes one for this step."""
         backend = xp()
+        W = self.snapshot("W") if W is None else W  # (D + H, H)
         xh = backend.concatenate([x, s_prev], axis=1)  # (B, D + H)
-        h = backend.tanh(F.matmul(xh, self.params["W"]) + self.params["b"])  # (B, H)
-        return h, (xh, h)
+        h = backend.tanh(F.matmul(xh, W) + self.params["b"])  # (B, H)
+        return h, (xh, h, W)
 
     def step_backward(self, ds, cache, param_grads=True):
         """ds: (B, H) total gradient on s_t -> (dx (B, D), ds_prev (B, H)); adds this step's dW, db unless
         param_grads is False."""
-        xh, h = cache
+        xh, h, W = cache
         dz = ds * (1 - h * h)  # tanh' = 1 - tanh^2
         if param_grads:
             self.grads["W"] += F.matmul(xh.T, dz)
             self.grads["b"] += dz.sum(axis=0)
-        dxh = F.matmul(dz, self.params["W"].T)  # (B, D + H)
+        dxh = F.matmul(dz, W.T)  # (B, D + H)
         return dxh[:, : self.d_in], dxh[:, self.d_in :]
 
     def __repr__(self):
@@ -110,25 +114,26 @@ class LSTMCell(Layer):
         backend = xp()
         return backend.concatenate([s[:, : self.hidden], backend.tanh(s[:, self.hidden :])], axis=1)
 
-    def step(self, x, s_prev):
-        """x: (B, D), s_prev = [h, c]: (B, 2H) -> s = [h, c]: (B, 2H), cache."""
+    def step(self, x, s_prev, W=None):
+        """x: (B, D), s_prev = [h, c]: (B, 2H) -> s = [h, c]: (B, 2H), cache. W: as in RNNCell.step."""
         backend, H = xp(), self.hidden
+        W = self.snapshot("W") if W is None else W  # (D + H, 4H)
         h_prev, c_prev = s_prev[:, :H], s_prev[:, H:]
         xh = backend.concatenate([x, h_prev], axis=1)  # (B, D + H)
-        z = F.matmul(xh, self.params["W"]) + self.params["b"]  # (B, 4H)
+        z = F.matmul(xh, W) + self.params["b"]  # (B, 4H)
         ifo = _sigmoid(z[:, : 3 * H])  # (B, 3H): input, forget and output gates
         i, f, o = ifo[:, :H], ifo[:, H : 2 * H], ifo[:, 2 * H :]
         g = backend.tanh(z[:, 3 * H :])  # (B, H): the candidate cell
         c = f * c_prev + i * g
         tc = backend.tanh(c)
         h = o * tc
-        return backend.concatenate([h, c], axis=1), (xh, c_prev, ifo, g, tc)
+        return backend.concatenate([h, c], axis=1), (xh, c_prev, ifo, g, tc, W)
 
     def step_backward(self, ds, cache, param_grads=True):
         """ds = [dh, dc]: (B, 2H) total gradient on s_t -> (dx (B, D), ds_prev (B, 2H)); adds dW, db unless
         param_grads is False."""
         backend, H = xp(), self.hidden
-        xh, c_prev, ifo, g, tc = cache
+        xh, c_prev, ifo, g, tc, W = cache
         i, f, o = ifo[:, :H], ifo[:, H : 2 * H], ifo[:, 2 * H :]
         dh, dc = ds[:, :H], ds[:, H:]
         dc = dc + dh * o * (1 - tc * tc)  # c reaches the loss directly (next step) and through h = o tanh(c)
@@ -138,7 +143,7 @@ class LSTMCell(Layer):
         if param_grads:
             self.grads["W"] += F.matmul(xh.T, dz)
             self.grads["b"] += dz.sum(axis=0)
-        dxh = F.matmul(dz, self.params["W"].T)  # (B, D + H)
+        dxh = F.matmul(dz, W.T)  # (B, D + H)
         ds_prev = backend.concatenate([dxh[:, self.d_in :], dc * f], axis=1)
         return dxh[:, : self.d_in], ds_prev
 
@@ -167,8 +172,9 @@ def unroll_forward(cell, xs, s0):
     if s0.shape != (xs.shape[1], cell.state_size):
         raise ValueError(f"expected a state of shape ({xs.shape[1]}, {cell.state_size}), got {s0.shape}")
     ss, caches, s = [], [], s0
+    W = cell.snapshot("W")  # one snapshot for the window, shared by every step's cache
     for t in range(xs.shape[0]):
-        s, cache = cell.step(xs[t], s)
+        s, cache = cell.step(xs[t], s, W)
         ss.append(s)
         caches.append(cache)
     return xp().stack(ss), caches
@@ -249,10 +255,11 @@ class RecurrentNet:
     def state_backward(self, dlogits, ds_T, cache):
         """Like `backward` but only ds_0, leaving every parameter gradient as it was: what a gradient arriving at
         the window's end (plus the losses inside it) is worth at its start. Used for synthetic-gradient targets."""
-        cell_caches, _, (T, B) = cache
+        cell_caches, readout_cache, (T, B) = cache
         dhs = None
-        if dlogits is not None:  # dh = dlogits V^T, the readout's input gradient alone
-            dhs = F.matmul(dlogits.reshape(T * B, -1), self.readout.params["W"].T).reshape(T, B, -1)
+        if dlogits is not None:  # dh = dlogits V^T, the readout's input gradient alone, with the forward pass's V
+            _, V = readout_cache  # (H, O)
+            dhs = F.matmul(dlogits.reshape(T * B, -1), V.T).reshape(T, B, -1)
         _, ds0 = unroll_backward(self.cell, dhs, ds_T, cell_caches, param_grads=False)
         return ds0
 

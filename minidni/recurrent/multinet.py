@@ -19,6 +19,9 @@ B's loss. The systems compared:
             prediction sent back through W_m and its T steps. B trains by truncated BPTT over `b_ticks` ticks, so
             the true dL_B/dm_j exists only after B's chunk holding tick j has been forwarded and backpropagated
             (up to b_ticks messages later); then it becomes the module's regression target. A never waits for B.
+            The module regresses a prediction made again from the same input with its current weights: it has
+            taken regression steps since it predicted for all but the first message of B's chunk (as
+            minidni.parallel.workers, and for the same reason: a late error fed back into weights that have moved).
             (Why the context: B's gradient depends on the symbol B must name. A module that reads only A's state
             can predict it only as far as the state already holds that symbol, so A learns to keep it only
             slowly - see docs/multinet.md for the measured difference.)
@@ -128,7 +131,7 @@ class TwoTimescaleSystem:
         self.s_a = self.a.initial_state(cfg.batch)
         self.s_b = self.b.initial_state(cfg.batch)
         self.inbox = []  # B's chunk so far: (message, B's target) per tick
-        self.pending = []  # dni: (prediction, cache) per message in B's chunk, awaiting the true dL_B/dm
+        self.pending = []  # dni: the module's input per message in B's chunk, awaiting the true dL_B/dm
         self.sg_losses = []  # dni: the link module's regression losses as they arrive (emptied by each metric record)
         self.b_accuracy = None  # B's accuracy on its last chunk
 
@@ -142,8 +145,9 @@ class TwoTimescaleSystem:
         m, m_cache = self.w_m.forward(h_end)  # (B, d_m): the message
         dm = None
         if cfg.system == "dni":
-            dm_syn, sg_cache = self.sg.predict(self._sg_input(ss[-1], xs))  # the predicted dL_B/dm, available now
-            self.pending.append((dm_syn, sg_cache))
+            sg_input = self._sg_input(ss[-1], xs)
+            dm_syn, _ = self.sg.predict(sg_input)  # (B, d_m): the predicted dL_B/dm, available now
+            self.pending.append(sg_input)  # M predicts again when the target arrives (see _b_chunk)
             dm = cfg.sg_use_scale * dm_syn
         elif cfg.system == "bprop":
             dm = self._b_step_now(m, xs[0])  # A waits for B's backward pass: the locked reference
@@ -187,7 +191,10 @@ class TwoTimescaleSystem:
         clip_grad_norm(self.b.layers().values(), self.cfg.clip)
         self.b.update()
         self.s_b = ss[-1].copy()  # B's own truncation: nothing crosses its chunk boundary
-        for (pred, sg_cache), dm_true in zip(self.pending, dms):
+        for sg_input, dm_true in zip(self.pending, dms):
+            # M has moved since it predicted for this message (its regressions on the messages before it): it
+            # predicts again with its current weights and regresses that prediction
+            pred, sg_cache = self.sg.predict(sg_input)  # (B, d_m)
             self.sg_losses.append(self.sg.update(pred, sg_cache, dm_true))
         self.pending, self.inbox = [], []
         self.b_accuracy = float((logits.argmax(axis=2) == ys).mean())

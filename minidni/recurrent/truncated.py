@@ -23,12 +23,19 @@ was forwarded with (before the core updates). With lambda = 1 (`sg_discount`, th
 true gradient of all future losses whenever the next prediction is right; the last boundary of a sequence, whose
 future holds no loss, regresses onto the in-chunk gradient alone.
 
+What M regresses is a prediction made again, from the same input ([h, tanh c] of s_k, and the context) with its
+current weights. The prediction the core used was made in chunk k, before M's regression step of chunk k, so its
+value and cache belong to weights that have moved since; regressing it would feed a late error back into weights
+that have moved on. Predicting again makes the gradient of the regression loss exact where M now is, and only the
+target is late (minidni.parallel.workers does the same, for the same reason).
+
 The 0.1 damps what the CORE does with a prediction; it is not part of what M learns. (A common shortcut reuses the
 core's scaled backward pass as the target, which makes M learn a gradient discounted by 0.1 per chunk.)
 
 On an endless stream (the language model) the undiscounted sum need not be finite - an LSTM's cell can carry a
-gradient forever. With lambda = 1 we measured the language model's SG loss reaching 2.6e5 within 500 updates
-(module learning rate 3e-3). lambda < 1 weighs the next prediction by lambda in the target, so M learns the future
+gradient forever. With lambda = 1 (module learning rate 3e-3) we measured the language model's SG loss, averaged
+per 1,000 updates, growing from about 200 to about 4,800 within 5,000 updates, one chunk's reaching 1.5e6
+(docs/charlm.md). lambda < 1 weighs the next prediction by lambda in the target, so M learns the future
 gradient discounted by lambda per chunk, as a value function is discounted in reinforcement learning.
 
 Modes:
@@ -41,8 +48,8 @@ Modes:
 With `context` (and an SG module built with n_classes) the module is conditioned like cDNI: M(s_T, c), e.g. c =
 the next input symbol.
 
-What this module deliberately is not: a data loop. It trains one chunk at a time; the tasks (minidni.recurrent.tasks) and
-the language model (minidni.runs.rnn_train) decide where sequences begin and end.
+What this module deliberately is not: a data loop. It trains one chunk at a time; the tasks (minidni.recurrent.tasks)
+and the language model (minidni.runs.rnn_train) decide where sequences begin and end.
 """
 
 import numpy as np
@@ -95,7 +102,7 @@ class TruncatedTrainer:
             rng = np.random.default_rng(0) if rng is None else rng
             self.aux = Linear(net.cell.hidden, net.state_size, init="zeros", rng=rng, dtype=net.dtype)
         self.s = None  # the carried state (B, S)
-        self.pending = None  # (M(s_k), its cache): the last boundary's prediction, awaiting its target
+        self.pending = None  # (M's input at s_k, its context): the last boundary, awaiting its target
 
     def set_aux_optimizer(self, make_optimizer):
         if self.aux is not None:
@@ -123,10 +130,11 @@ class TruncatedTrainer:
         metrics = {"loss": float(loss), "sg_loss": None, "aux_loss": None}
 
         # 1. The future's gradient at s_end, predicted: M(s_T). None for BPTT and at the end of a sequence.
-        ds_syn, sg_cache = None, None
+        ds_syn, sg_input = None, None
         ds_end = xp().zeros_like(s_end)
         if self.sg is not None and not ends_sequence:
-            ds_syn, sg_cache = self.sg.predict(net.cell.features(s_end), context)  # (B, S): reads [h, tanh c]
+            sg_input = net.cell.features(s_end)  # (B, S): M reads [h, tanh c]
+            ds_syn, _ = self.sg.predict(sg_input, context)  # (B, S); its cache is not kept (see step 5)
             ds_end = self.sg_use_scale * ds_syn  # what the core uses: 0.1 M(s_T)
 
         # 2. DNI + Aux: the core's first output of the chunk also predicts M(s_T).
@@ -152,11 +160,14 @@ class TruncatedTrainer:
         metrics["grad_norm"] = clip_grad_norm(net.layers().values(), self.clip)
         net.update()
 
-        # 5. The previous boundary's SG module learns, now that its target exists.
+        # 5. The previous boundary's SG module learns, now that its target exists. M took a regression step (in
+        #    step 5 of the previous chunk) after it predicted for that boundary, so it predicts again from the same
+        #    input with its current weights and regresses that fresh prediction.
         if self.pending is not None:
-            prev_pred, prev_cache = self.pending
+            prev_input, prev_context = self.pending
+            prev_pred, prev_cache = self.sg.predict(prev_input, prev_context)  # (B, S): M(s_k), current weights
             metrics["sg_loss"] = float(self.sg.update(prev_pred, prev_cache, target))
-        self.pending = (ds_syn, sg_cache) if ds_syn is not None else None
+        self.pending = (sg_input, context) if ds_syn is not None else None
         self.s = None if ends_sequence else s_end.copy()  # the state carries on; no gradient ever crosses
         return metrics, logits
 

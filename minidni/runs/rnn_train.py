@@ -3,13 +3,13 @@
     cfg = RNNConfig(task="copy", mode="dni", T=3, episodes=20_000, out="runs/copy-dni-T3")
     metrics = train_rnn(cfg)                         # resumable: train_rnn(cfg, resume=True)
 
-One run = one RecurrentNet (minidni.recurrent.cells) trained by a TruncatedTrainer (minidni.recurrent.truncated) in chunks of T
-steps, in mode bptt, dni or dni_aux.
+One run = one RecurrentNet (minidni.recurrent.cells) trained by a TruncatedTrainer (minidni.recurrent.truncated) in
+chunks of T steps, in mode bptt, dni or dni_aux.
 
-    copy, repeat_copy  every batch is a fresh episode at the curriculum's level (minidni.recurrent.tasks); the state starts
-                       at zero, the episode is cut into chunks of T, each chunk is one update, and the last chunk
-                       ends the sequence. After each episode the curriculum records the episode's bits per bit.
-                       The result: the longest length solved within the budget of episodes.
+    copy, repeat_copy  every batch is a fresh episode at the curriculum's level (minidni.recurrent.tasks); the
+                       state starts at zero, the episode is cut into chunks of T, each chunk is one update, and the
+                       last chunk ends the sequence. After each episode the curriculum records the episode's bits
+                       per bit. The result: the longest length solved within the budget of episodes.
     charlm             the training text laid out as B parallel streams walked in chunks of T, the state carried
                        across chunks (and reset when the streams wrap around). Validation bits per character
                        every `eval_every` updates; the best model is kept (best.npz) and training stops early

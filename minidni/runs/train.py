@@ -13,8 +13,8 @@ Every file is written atomically. `train(cfg, resume=True)` continues from the c
 metrics, bit for bit, as a run that was never interrupted (except the wall-clock `seconds`).
 
 What this module deliberately is not: a general experiment framework. It trains the FCN and CNN classifiers of
-minidni.dni.network (with stochastic updates or complete unlock if asked) on the data sets of minidni.data.datasets; the paper's
-experiments, as batches of such runs, are minidni.experiments.feedforward.
+minidni.dni.network (with stochastic updates or complete unlock if asked) on the data sets of minidni.data.datasets;
+the paper's experiments, as batches of such runs, are minidni.experiments.feedforward.
 """
 
 import dataclasses
@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from minidni import __version__
+from minidni.version import __version__
 from minidni.core.backend import backend_name, xp
 from minidni.data.checkpoint import (
     CheckpointError,
@@ -39,8 +39,8 @@ from minidni.data.checkpoint import (
     save_checkpoint,
     write_jsonl,
 )
-from minidni.cuda.ops import check_labels
-from minidni.dni.network import MODES, SG_TARGETS, build_network, check_split, one_linear_per_block
+from minidni.core.functional import check_labels
+from minidni.dni.network import MODES, SG_TARGETS, build_network, check_split
 from minidni.dni.feedback import SIGNALS, FeedbackNetwork, build_feedback_network
 from minidni.core.optim import StepSchedule
 from minidni.runs.plots import plot_learning_curves
@@ -57,6 +57,7 @@ TIMELINE = "timeline"  # --timeline N: timeline.json (the events) and timeline.p
 # (max_inflight and wait_timeout are read only by a run in workers, which cannot be resumed)
 RESUMABLE_CHANGES = ("epochs", "out", "progress", "data_dir", "kernels", "timeline", "max_inflight", "wait_timeout")
 KERNELS = ("auto", "fused", "unfused", "emulator")
+WORKERS = ("process", "thread", "mpi")  # where a run's blocks can live: minidni.parallel.workers
 TRAIN_MODES = MODES + ("feedback",)  # feedback: minidni.dni.feedback's per-block error signals (bp, fa, dfa, sg)
 N_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "spirals": 3}
 DEFAULT_VAL_SIZE = {"mnist": 5000, "fashion-mnist": 5000, "cifar10": 5000, "spirals": 300}
@@ -104,8 +105,9 @@ class TrainConfig:
     out: str = "runs/run"
     progress: bool = True  # show a progress bar
     split: str = None  # fcnN: layers per block, e.g. "3,5": an FCN 8 as two blocks (None: one layer per block)
-    workers: str = None  # run every block in a worker of its own (minidni.parallel.workers): "process" or "thread" on this
-    #                      machine, "mpi" (--distributed) one MPI rank per block; None: one process, in order
+    workers: str = None  # run every block in a worker of its own (minidni.parallel.workers): "process" or
+    #                      "thread" on this machine, "mpi" (--distributed) one MPI rank per block; None: one process,
+    #                      in order
     delay: int = None  # workers: each SG module trains on the target of the step `delay` steps back, waiting for
     #                    it (deterministic: the same numbers in every worker layout); None: asynchronous
     max_inflight: int = 2  # asynchronous workers: a block waits when more than this many targets are outstanding
@@ -179,10 +181,30 @@ class TrainConfig:
                                  f"unlock, got {self.model} {self.mode}{' unlock' if self.unlock else ''}")  # fmt: skip
             check_split(parse_split(self.split), parse_model(self.model)[1])
         if self.workers is not None:
-            from minidni.parallel.workers import check_config
-
-            check_config(self)
+            check_workers_config(self)
         return self
+
+
+def check_workers_config(cfg):
+    """The settings a run in workers (minidni.parallel.workers) supports; ValueError naming the first that is not."""
+    if cfg.workers not in WORKERS:
+        raise ValueError(f"workers must be one of {WORKERS} (or None for one process), got {cfg.workers!r}")
+    if cfg.mode not in ("bprop", "dni", "cdni"):
+        raise ValueError(f"a run in workers trains mode bprop, dni or cdni, got {cfg.mode!r}")
+    if cfg.p_update < 1 or cfg.unlock:
+        raise ValueError("stochastic updates (--p-update) and complete unlock run in one process, not in workers")
+    if cfg.sg_target != "bootstrap":
+        raise ValueError("in workers the SG modules learn from bootstrapped targets only (sg_target='bootstrap')")
+    if cfg.kernels not in ("auto", "unfused"):
+        raise ValueError(f"workers run the engine's own step (kernels auto or unfused), got {cfg.kernels!r}")
+    if cfg.diagnostics:
+        raise ValueError("--diagnostics needs every block in one process; a run in workers logs staleness instead")
+    if cfg.delay is not None and (isinstance(cfg.delay, bool) or not isinstance(cfg.delay, int) or cfg.delay < 0):
+        raise ValueError(f"delay must be an integer >= 0 (steps) or None (asynchronous), got {cfg.delay!r}")
+    if isinstance(cfg.max_inflight, bool) or not isinstance(cfg.max_inflight, int) or cfg.max_inflight < 1:
+        raise ValueError(f"max_inflight must be an integer >= 1, got {cfg.max_inflight!r}")
+    if not (isinstance(cfg.wait_timeout, (int, float)) and 0 < cfg.wait_timeout < float("inf")):
+        raise ValueError(f"wait_timeout must be a positive number of seconds, got {cfg.wait_timeout!r}")
 
 
 def feedback_signals(signals, n_layers):
@@ -320,15 +342,9 @@ def attach_kernels(net, choice, batch=None, log=print):
         return "unfused", None
     tune = False
     if choice == "auto":
-        has_fused_form = (
-            net.mode in ("dni", "cdni")
-            and net.sg_target == "bootstrap"
-            and net.gate is None
-            and net.inputs is None
-            and net.blocks[0].layers.layers[0].params["W"].ndim == 2  # the kernels are for FCNs
-            and one_linear_per_block(net)  # ... of one linear layer per block (no --split)
-        )
-        if backend_name() != "cupy" or not has_fused_form:
+        from minidni.cuda.fused import has_fused_form
+
+        if backend_name() != "cupy" or not has_fused_form(net):
             return "unfused", None
         choice, tune = "fused", True
     if choice == "fused" and backend_name() != "cupy":
@@ -338,16 +354,17 @@ def attach_kernels(net, choice, batch=None, log=print):
         )
     if choice == "emulator" and backend_name() != "numpy":
         raise ValueError("--kernels emulator runs the kernels on NumPy arrays: select --backend numpy")
+    from minidni.cuda.fused import use_kernels
     from minidni.cuda.loader import get_kernels
 
     kernels = get_kernels("cupy" if choice == "fused" else "emulator")
-    net.use_kernels(kernels)  # ValueError if no fused form
+    use_kernels(net, kernels)  # ValueError if no fused form
     if not tune:
         return choice, None
     from minidni.cuda.autotune import plan_for
 
     plan, record = plan_for(net.fused_step, batch, kernels, log=log)
-    net.use_kernels(kernels, plan=plan)
+    use_kernels(net, kernels, plan=plan)
     kept = sum(v != "unfused" for v in plan.values())
     return f"auto ({kept} of {len(plan)} operations by their kernel, the rest unfused)", record
 
@@ -411,7 +428,7 @@ def lr_milestones(cfg, n_batches):
     return [max(1, round(f * cfg.epochs * n_batches)) for f in cfg.lr_decay_at]
 
 
-def _network_state(net, shuffle_rng, epoch, step, milestones, cfg):
+def network_state(net, shuffle_rng, epoch, step, milestones, cfg):
     """The checkpoint: every array of the network, the optimisers' scalars, the schedule and the shuffling RNG."""
     meta = {
         "epoch": epoch,
@@ -455,14 +472,12 @@ def _check_resumable(cfg, meta):
 def train(cfg, resume=False, log=print, data=None):
     """Train as configured; returns the list of per-epoch metrics. `data` (the tuple of load_data) skips loading."""
     cfg.validate()
-    if cfg.workers is not None:  # every block in a worker of its own: a trainer of its own
-        from minidni.parallel.workers import train_in_workers
-
-        if resume:
-            raise CheckpointError(
-                "a run in workers cannot be resumed; start it again (it writes its results at the end)"
-            )
-        return train_in_workers(cfg, log=log, data=data)
+    if cfg.workers is not None:  # the parallel layer, above this one, trains such a run
+        raise ValueError(
+            f"workers={cfg.workers!r}: a run whose blocks are in workers is trained by "
+            "minidni.parallel.workers.train_in_workers(cfg) (python -m minidni train --workers picks it); "
+            "train() runs every block in this process"
+        )
     out = cfg.out
     ckpt_path = os.path.join(out, CHECKPOINT)
     if not resume and (os.path.exists(ckpt_path) or os.path.exists(os.path.join(out, METRICS))):
@@ -479,10 +494,15 @@ def train(cfg, resume=False, log=print, data=None):
     chosen, kernel_record = attach_kernels(net, cfg.kernels, cfg.batch, log)
     log(f"training step: {chosen} ({backend_name()} backend)")
     shuffle_rng = np.random.default_rng([cfg.seed, 1])  # separate from the init RNG, saved in checkpoints
-    # the held-out batch for --diagnostics: validation rows if there are enough, and of the training batch size,
-    # because a gradient of a batch-mean loss scales with 1/B
-    diag_x, diag_y = (x_val, y_val) if x_val.shape[0] >= cfg.batch else (x_tr, y_tr)
-    diag_x, diag_y = diag_x[: cfg.batch], diag_y[: cfg.batch]
+    # the held-out batch for --diagnostics: the first `batch` validation rows - of the training batch size,
+    # because a gradient of a batch-mean loss scales with 1/B, and never training rows, which the SG modules
+    # have been fitted on
+    if cfg.diagnostics and x_val.shape[0] < cfg.batch:
+        raise ValueError(
+            f"--diagnostics measures the synthetic gradients on a held-out batch of {cfg.batch} validation rows, "
+            f"but the validation split has {x_val.shape[0]}: raise --val-size to at least {cfg.batch} or lower --batch"
+        )
+    diag_x, diag_y = x_val[: cfg.batch], y_val[: cfg.batch]
 
     n_batches = x_tr.shape[0] // cfg.batch  # the last partial batch is dropped: every step sees `batch` rows
     milestones = lr_milestones(cfg, n_batches)
@@ -538,9 +558,9 @@ def train(cfg, resume=False, log=print, data=None):
         metrics.append(record)
         # metrics first, checkpoint second: a crash in between is repaired on resume (see above)
         write_metrics(out, metrics)
-        arrays, meta = _network_state(net, shuffle_rng, epoch, step, milestones, cfg)
+        arrays, meta = network_state(net, shuffle_rng, epoch, step, milestones, cfg)
         save_checkpoint(ckpt_path, arrays, meta)
-        log(_summary(record))
+        log(epoch_summary(record))
         plot_learning_curves(metrics, os.path.join(out, CURVES), title=f"{cfg.model} {cfg.mode} on {cfg.data}")
     if after_step is not None:
         after_step(last=True)  # a run shorter than --timeline steps still writes what it recorded
@@ -599,7 +619,7 @@ def _train_epoch(net, x, y, shuffle_rng, schedule, step, batch, bar, after_step=
     return record, step
 
 
-def _summary(r):
+def epoch_summary(r):
     s = f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  "
     if r.get("val_error_pct") is not None:
         s += f"val err {r['val_error_pct']:.2f}%  "

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from minidni.dni.network import build_network  # before issue 16's move; now from minidni
+from minidni import build_network
 
 FILE = pathlib.Path(__file__).with_name("fingerprint.json")
 STEPS = 4  # per case

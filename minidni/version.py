@@ -1,0 +1,3 @@
+"""minidni's version, in a module of its own so that any layer can read it without importing the package's top."""
+
+__version__ = "0.2.0"
