@@ -149,7 +149,7 @@ print(f"{'tiny' if TINY else 'default'} size; figures go to {OUT}; load average 
 #
 # * `delay=d`: after its update of step $t$, block $i$ waits for the target of step $t - d$ and regresses
 #   onto it. Deterministic: threads, processes and MPI ranks give the same numbers, and `delay=0` is exactly the
-#   one-process step of `minidni.dni.network` (each module learns from step $t$'s target within step $t$);
+#   one-process step of `minidni.dni.steps.dni_step` (each module learns from step $t$'s target within step $t$);
 # * `delay=None` (asynchronous): block $i$ regresses onto whatever targets have arrived and waits only when more
 #   than `max_inflight` are outstanding. The **staleness** $t - s$ of each target is whatever the speeds make it,
 #   and the run logs it.

@@ -1,7 +1,7 @@
 """Where a block's error signal comes from: backprop, feedback alignment, direct feedback alignment or a synthetic
 gradient, behind one interface and mixable per block (the unifying view of Czarnecki et al. 2017).
 
-Hidden block i (counted from 0, as in minidni.dni.network) updates with an error signal dh_i: an estimate of
+Hidden block i (counted from 0, as in minidni.dni.steps) updates with an error signal dh_i: an estimate of
 delta_i = dL/dh_i, of h_i's shape. Czarnecki et al. point out that every known way of producing it is "a
 synthetic gradient" of some form - a model of delta_i, fed some information:
 
@@ -16,7 +16,7 @@ it got; only the signal differs.
 
 What this module deliberately is not: decoupled in time. Its step is locked (forward through every block, then
 signals from the top down) because its purpose is to compare error signals; the DNI timing, where a block updates
-as soon as it has produced h_i, lives in minidni.dni.network. Blocks are fully connected (FA needs the block above to
+as soon as it has produced h_i, lives in minidni.dni.steps. Blocks are fully connected (FA needs the block above to
 start with a Linear layer, DFA needs (B, D_i) features); convolutional blocks are left out on purpose.
 """
 

@@ -24,7 +24,7 @@ bias alone would then be fed back as a gradient.)
 The input h is held fixed: the SG loss never sends a gradient into the block that produced h.
 
 What this module deliberately is not: the bootstrapping logic. Which target an SG module regresses onto is
-the trainer's business (minidni.dni.network); here it is just an argument.
+the trainer's business (minidni.dni.steps); here it is just an argument.
 """
 
 import numpy as np

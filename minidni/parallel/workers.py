@@ -1,6 +1,6 @@
 """Blocks that train at the same time: every block of a Network in a worker of its own.
 
-minidni.dni.network runs a DNI step block after block in one process, in the order a decoupled system could run it.
+minidni.dni.steps runs a DNI step block after block in one process, in the order a decoupled system could run it.
 Here each block gets its own worker, and the only thing that couples two neighbouring workers is a message:
 
     up    block i -> block i+1    (t, h_i, y)   the activations of step t, and the labels (cDNI, the loss)
@@ -25,7 +25,7 @@ When does M_{i+1} learn from the target of step s? `delay` chooses:
 
     delay = d      after its update of step t, block i waits for the target of step t - d and regresses onto it:
                    deterministic, so threads, processes and MPI ranks give the same numbers bit for bit, and
-                   delay = 0 is exactly minidni.dni.network's single-process step (tests/test_workers.py checks both)
+                   delay = 0 is exactly minidni.dni.steps.dni_step, in one process (tests/test_workers.py checks both)
     delay = None   asynchronous: block i regresses onto whatever targets have arrived and waits only when more
                    than `max_inflight` are outstanding. The real point of DNI: nobody waits for anybody, and the
                    staleness (t - s) is whatever the speeds make it; it is logged and plotted.

@@ -8,7 +8,7 @@ true gradient. Read top-down: `problems` (the data, the losses, the models, the 
 modules sit, one full-batch step, what is measured, one run), `report` (the grid of runs, the table, the figures,
 the command line). Their public names are re-exported here: `from minidni.experiments import czarnecki as cz`.
 
-What this package deliberately is not: the DNI engine (minidni.dni.network) or a study of nonlinear networks.
+What this package deliberately is not: the DNI engine (minidni.dni) or a study of nonlinear networks.
 """
 
 from minidni.experiments.czarnecki.problems import (

@@ -18,7 +18,7 @@ the distance of the end-to-end map to the optimum, and per module how far its pr
 from the true gradient) with the final figures. The problems, models and modules are `problems`' (shapes as in
 its glossary).
 
-What this module deliberately is not: the DNI engine (minidni.dni.network, with minibatches, Adam and MLP modules)
+What this module deliberately is not: the DNI engine (minidni.dni, with minibatches, Adam and MLP modules)
 or a study of nonlinear networks. It is plain full-batch gradient descent on linear models, so that where a run
 ends can be compared with the closed-form optimum.
 """
