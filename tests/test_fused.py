@@ -315,3 +315,29 @@ def test_a_diverged_fused_step_leaves_no_checkpoint_with_its_values(tmp_path, mo
     arrays, meta = load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))
     assert meta["epoch"] == 1
     assert all(np.isfinite(a).all() for a in arrays.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        (dict(mode="bprop"), "mode 'bprop' runs unfused"),
+        (dict(mode="cdni", sg_target="true"), "bootstrapped targets"),
+        (dict(mode="cdni", p_update=0.5), "stochastic updates and complete unlock"),
+        (dict(mode="cdni", unlock=True, input_hidden=8), "stochastic updates and complete unlock"),
+        (dict(mode="cdni", depth=4, split=(2, 2)), "split network"),
+        (dict(mode="cdni", arch="cnn", in_shape=(1, 8, 8), channels=3, sg_channels=3), "convolutional"),
+        (dict(mode="cdni"), None),
+    ],
+)
+def test_what_has_a_fused_form_is_said_once_and_refused_with_it(kwargs, reason):
+    """`--kernels auto` (fused_form_problem) and use_kernels agree: one list of what the kernels run."""
+    from minidni.cuda.fused import fused_form_problem
+
+    net = build_network(**{"depth": 3, "d_in": 12, "hidden": 8, "n_classes": 4, **kwargs})
+    problem = fused_form_problem(net)
+    if reason is None:
+        assert problem is None
+        return
+    assert reason in problem
+    with pytest.raises(ValueError, match=problem.replace("(", r"\(").replace(")", r"\)").replace("'", ".")):
+        use_kernels(net, get_kernels("emulator"))

@@ -100,17 +100,20 @@ def op_key(op, *dims):
     return f"{op}({','.join(str(int(d)) for d in dims)})"
 
 
-def has_fused_form(net):
-    """Whether the fused step below runs `net`: a DNI/cDNI FCN with bootstrapped targets, one linear layer per
-    block (no split), and neither stochastic updates nor complete unlock."""
-    return (
-        net.mode in ("dni", "cdni")
-        and net.sg_target == "bootstrap"
-        and net.gate is None
-        and net.inputs is None
-        and net.blocks[0].layers.layers[0].params["W"].ndim == 2  # the kernels are for FCNs
-        and all(sum(isinstance(layer, Linear) for layer in b.layers.layers) == 1 for b in net.blocks)
-    )
+def fused_form_problem(net):
+    """Why the fused step below cannot run `net`, or None if it can: it runs DNI/cDNI FCNs with bootstrapped
+    targets, one linear layer per block (no split), without stochastic updates or complete unlock."""
+    if net.mode not in ("dni", "cdni"):
+        return f"the fused kernels implement the DNI/cDNI step; mode {net.mode!r} runs unfused"
+    if net.sg_target != "bootstrap":
+        return "the fused kernels implement bootstrapped targets; sg_target='true' runs unfused"
+    if net.gate is not None or net.inputs is not None:
+        return "stochastic updates and complete unlock have no fused form; use the engine's own step"
+    if any(sum(isinstance(layer, Linear) for layer in b.layers.layers) > 1 for b in net.blocks):
+        return "the fused kernels implement blocks of one linear layer each; a split network runs unfused"
+    if net.blocks[0].layers.layers[0].params["W"].ndim != 2:
+        return "the fused kernels implement fully connected networks; a convolutional one runs unfused"
+    return None
 
 
 def use_kernels(net, kernels, versions=None, plan=None):
@@ -123,8 +126,6 @@ def use_kernels(net, kernels, versions=None, plan=None):
         return
     if net.timeline is not None:
         raise ValueError("a recording timeline is attached; the fused step cannot be recorded (record_timeline(None))")
-    if net.gate is not None or net.inputs is not None:
-        raise ValueError("stochastic updates and complete unlock have no fused form; use the engine's own step")
     net.fused_step = FusedDNIStep(net, kernels, versions, plan)
 
 
@@ -136,14 +137,9 @@ class FusedDNIStep:
     wins over versions (what `--kernels auto` measures, minidni.cuda.autotune)."""
 
     def __init__(self, net, kernels, versions=None, plan=None):
-        if net.mode not in ("dni", "cdni"):
-            raise ValueError(f"the fused kernels implement the DNI/cDNI step; mode {net.mode!r} runs unfused")
-        if net.sg_target != "bootstrap":
-            raise ValueError("the fused kernels implement bootstrapped targets; sg_target='true' runs unfused")
-        if any(sum(isinstance(layer, Linear) for layer in b.layers.layers) > 1 for b in net.blocks):
-            raise ValueError(
-                "the fused kernels implement blocks of one linear layer each; a split network runs unfused"
-            )
+        problem = fused_form_problem(net)
+        if problem is not None:
+            raise ValueError(problem)
         self.net, self.kernels = net, kernels
         fastest = {op: available[-1] for op, available in {**ops.VERSIONS, **norm_ops.VERSIONS}.items()}
         unknown = set(versions or {}) - set(fastest)

@@ -342,9 +342,9 @@ def attach_kernels(net, choice, batch=None, log=print):
         return "unfused", None
     tune = False
     if choice == "auto":
-        from minidni.cuda.fused import has_fused_form
+        from minidni.cuda.fused import fused_form_problem
 
-        if backend_name() != "cupy" or not has_fused_form(net):
+        if backend_name() != "cupy" or fused_form_problem(net) is not None:
             return "unfused", None
         choice, tune = "fused", True
     if choice == "fused" and backend_name() != "cupy":
