@@ -100,7 +100,7 @@ def test_cnn_rejects_flat_inputs_and_the_fused_kernels():
     net = tiny_cnn("cdni")
     with pytest.raises(ValueError, match=r"images \(B, 2, H, W\)"):
         net.train_step(np.zeros((6, 128)), np.zeros(6, dtype=np.int64))
-    with pytest.raises(ValueError, match="fused kernels run blocks Linear"):
+    with pytest.raises(ValueError, match="fused kernels implement fully connected networks; a convolutional one"):
         from minidni.cuda.fused import FusedDNIStep
 
         FusedDNIStep(net, kernels=None)
