@@ -51,6 +51,7 @@ setup(
             "mpi4py>=4",
             "mpich>=4",
             "import-linter>=2.1",  # the layers of the package, checked (.importlinter, tests/test_architecture.py)
+            "pytest-xdist>=3",  # CI runs the tutorials at their default size two at a time (pytest -n 2)
         ],
         # blocks on MPI ranks (minidni.parallel.workers): mpi4py, the maintained Python binding, and MPICH from PyPI,
         # whose wheel brings the MPI library and mpiexec, so no system MPI is needed

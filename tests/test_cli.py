@@ -4,6 +4,7 @@ Everything runs on the tiny spirals problem (2-d inputs, 3 classes, 2700 trainin
 16 hidden units takes a fraction of a second. No test touches MNIST or the network.
 """
 
+import argparse
 import json
 import math
 import os
@@ -17,7 +18,8 @@ import pytest
 
 from minidni.runs import train as train_module
 from minidni.data.checkpoint import load_checkpoint
-from minidni.cli import build_parser, main
+from minidni.cli import HelpFormatter, build_parser, main
+from minidni.runs.threads import DEFAULT_THREADS
 
 TINY = ["--data", "spirals", "--model", "fcn3", "--batch", "64", "--hidden", "16", "--sg-hidden", "16",
         "--val-size", "300", "--seed", "0", "--no-progress"]  # fmt: skip
@@ -335,6 +337,23 @@ def test_evaluate_reproduces_the_logged_test_error(tmp_path, capsys, mode):
     assert "epoch 2" in stdout
 
 
+def test_evaluate_accepts_the_run_directory_that_train_printed(tmp_path, capsys):
+    out = tmp_path / "run"
+    stdout, _ = train_run(capsys, out, "--epochs", "1")
+    assert f"run written to {out}" in stdout
+    rc_file, by_file, _ = cli(capsys, "evaluate", out / "checkpoint.npz")
+    rc_dir, by_dir, err = cli(capsys, "evaluate", out)
+    assert rc_file == rc_dir == 0, err
+    assert by_dir == by_file and "test error" in by_dir
+
+
+def test_evaluate_a_directory_without_a_checkpoint_says_so(tmp_path, capsys):
+    rc, stdout, err = cli(capsys, "evaluate", tmp_path)
+    assert rc == 1 and stdout == ""
+    assert f"{tmp_path} is a directory with no checkpoint.npz" in err
+    assert "Errno" not in err and "Traceback" not in err
+
+
 def test_evaluate_missing_checkpoint(tmp_path, capsys):
     path = tmp_path / "nowhere" / "checkpoint.npz"
     rc, stdout, err = cli(capsys, "evaluate", path)
@@ -409,6 +428,31 @@ def test_values_validated_later_return_1(tmp_path, capsys, flags, expected):
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
 
 
+def test_the_split_error_shows_what_to_type(tmp_path, capsys):
+    rc, _, err = cli(capsys, "train", *TINY, "--out", tmp_path / "run", "--model", "fcn8", "--split", "3,4")
+    assert rc == 1
+    assert "e.g. --split 2,6" in err and "got 3,4" in err, err
+    assert "got (3, 4)" not in err
+
+
+def fake_cupy_without_gpu(monkeypatch):
+    import types
+
+    cupy = types.ModuleType("cupy")
+    cupy.is_available = lambda: False
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+
+
+@pytest.mark.parametrize("command", [["train", *TINY], ["bench"]])
+def test_backend_flag_errors_name_the_flag(tmp_path, capsys, monkeypatch, command):
+    fake_cupy_without_gpu(monkeypatch)
+    extra = ["--out", tmp_path / "run"] if command[0] == "train" else []
+    rc, stdout, err = cli(capsys, *command, *extra, "--backend", "cupy")
+    assert rc == 1 and stdout == ""
+    assert "--backend cupy asks for CuPy" in err and "no usable GPU" in err, err
+    assert "MINIDNI_BACKEND" not in err, f"the flag was used, not the environment variable: {err}"
+
+
 def test_no_command(capsys):
     with pytest.raises(SystemExit) as e:
         main([])
@@ -477,8 +521,105 @@ def _python_m_minidni(tmp_path, *args):
 def test_python_m_minidni_help(tmp_path):
     p = _python_m_minidni(tmp_path, "--help")
     assert p.returncode == 0, p.stderr
-    for command in ("train", "evaluate", "bench", "data"):
-        assert command in p.stdout
+    usage = p.stdout.split("\n\n")[0]  # the usage line (wrapped)
+    for command in ("train", "experiment", "evaluate", "bench", "plot", "doctor", "kernels", "data"):
+        assert command in usage, f"{command} missing from the usage line:\n{usage}"
+
+
+# ---- --help: every subcommand listed, every default shown -------------------------------------------------------
+
+
+def subcommands():
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return parser, action.choices
+
+
+def test_the_usage_line_lists_every_registered_subcommand():
+    parser, commands = subcommands()
+    usage = " ".join(parser.format_usage().split())
+    listed = re.search(r"\{([\w,-]+)\}", usage).group(1).split(",")
+    assert listed == list(commands), f"usage lists {listed}; registered: {list(commands)}"
+    assert "plot" in listed and "evaluate" in listed
+
+
+def has_default(action):
+    """An option whose default --help should state: a value (not a flag, not None for "not set")."""
+    if action.default is None or isinstance(action.default, bool) or action.default is argparse.SUPPRESS:
+        return False
+    return bool(action.option_strings) or action.nargs == "?"
+
+
+def test_every_option_states_its_default_once():
+    _, commands = subcommands()
+    for name, parser in commands.items():
+        assert parser.formatter_class is HelpFormatter, f"{name} --help would not show defaults"
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.dest}: no help text (argparse then shows no default either)"
+            text = formatter._expand_help(action)
+            count = text.lower().count("default")
+            where = f"{name} {'/'.join(action.option_strings) or action.dest}: {text!r}"
+            assert count <= 1, f"says its default twice: {where}"
+            if has_default(action):
+                assert count == 1, f"does not say its default: {where}"
+    train_help = " ".join(commands["train"].format_help().split())
+    assert "examples per training step (default: 256)" in train_help
+    assert "learning rate of the layers (default: 0.002)" in train_help
+    assert "(default: 0.6,0.8 as in the paper" in train_help  # its own words, not "(default: (0.6, 0.8))" again
+    assert "(default: (0.6, 0.8))" not in train_help
+
+
+# ---- --threads --------------------------------------------------------------------------------------------------
+
+
+def test_threads_is_on_every_subcommand_that_trains_or_times():
+    _, commands = subcommands()
+    for name in ("train", "experiment", "bench"):
+        (action,) = [a for a in commands[name]._actions if "--threads" in a.option_strings]
+        assert action.default == DEFAULT_THREADS
+        assert "BLAS threads for the matrix products (default 1: does not collapse on a busy machine" in " ".join(
+            commands[name].format_help().split()
+        )
+
+
+def test_threads_reaches_the_train_config(tmp_path, capsys, monkeypatch):
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, **_: seen.append(cfg) or [])
+    for flags, expected in (([], DEFAULT_THREADS), (["--threads", "2"], 2)):
+        assert cli(capsys, "train", *TINY, "--out", tmp_path / "run", *flags)[0] == 0
+        assert seen[-1].threads == expected
+
+
+def test_threads_reaches_the_experiments_and_the_bench(tmp_path, capsys, monkeypatch):
+    from minidni import cli as cli_module
+    from minidni.experiments import bench, czarnecki, feedforward, recurrent
+
+    calls = []
+    monkeypatch.setattr(feedforward, "run_experiment", lambda *a, **kw: calls.append(("table1", kw["threads"])))
+    monkeypatch.setattr(recurrent, "run_experiment", lambda *a, **kw: calls.append(("copy", kw["threads"])))
+    monkeypatch.setattr(czarnecki, "run", lambda *a, **kw: calls.append(("czarnecki", None)))
+    monkeypatch.setattr(bench, "run", lambda *a, **kw: calls.append(("bench", None)))
+    monkeypatch.setattr(cli_module, "use_blas_threads", lambda n: calls.append(("use_blas_threads", n)))
+    for command in (["experiment", "table1"], ["experiment", "copy"], ["experiment", "czarnecki"], ["bench"]):
+        out = ["--out", tmp_path / "x"] if command[0] == "experiment" else []
+        assert cli(capsys, *command, *out, "--threads", "2")[0] == 0
+    assert calls == [("table1", 2), ("copy", 2), ("use_blas_threads", 2), ("czarnecki", None),
+                     ("use_blas_threads", 2), ("bench", None)]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["train", "experiment", "bench"])
+@pytest.mark.parametrize("value", ["0", "-1", "x", "1.5"])
+def test_a_bad_thread_count_is_refused_saying_what_was_expected(tmp_path, capsys, command, value):
+    args = {"train": ["train", *TINY], "experiment": ["experiment", "table1", "--out", str(tmp_path / "x")],
+            "bench": ["bench"]}[command]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--threads", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --threads: expected a whole number of BLAS threads >= 1, got '{value}'" in err, err
 
 
 def test_python_m_minidni_exit_codes(tmp_path):

@@ -181,3 +181,25 @@ def test_two_jobs_give_the_same_results_as_one(tmp_path):
     assert strip(two) == strip(one)
     with pytest.raises(ValueError, match="jobs"):
         experiments.run_experiment("unlock", "smoke", str(tmp_path / "x"), jobs=0)
+
+
+def test_arrays_that_are_not_the_named_data_set_carry_their_own_label(tmp_path, stand_in):
+    """An experiment on arrays passed as data= with data_label says what they are in every config, table and log,
+    and prints no paper number beside them; a label without arrays is refused."""
+    from minidni.runs.train import load_data, train
+
+    arrays = load_data(TrainConfig(data="mnist", train_subset=256, val_size=64, test_subset=128), log=lambda m: None)
+    logged = []
+    experiments.run_experiment("table1", "smoke", str(tmp_path / "t"), data_name="mnist", log=logged.append,
+                               data=arrays, models=["fcn3"], data_label="stand-in")  # fmt: skip
+    table = (tmp_path / "t" / "table.md").read_text()
+    assert "on stand-in" in table and "mnist data" not in table.replace("shaped like mnist", "")
+    assert "(recalled)" not in table and "--data mnist" not in table  # no paper numbers, no command that made them
+    for run_dir in (tmp_path / "t" / "runs").iterdir():
+        config = json.loads((run_dir / "config.json").read_text())["config"]
+        assert config["data_label"] == "stand-in"
+    assert any("on stand-in:" in line for line in logged)
+    with pytest.raises(ValueError, match="data_label='stand-in' names arrays"):
+        experiments.run_experiment("table1", "smoke", str(tmp_path / "u"), data_label="stand-in")
+    with pytest.raises(ValueError, match="data_label='stand-in' names arrays"):
+        train(TrainConfig(data="spirals", data_label="stand-in", out=str(tmp_path / "v")))

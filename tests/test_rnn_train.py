@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: temporary
 
 COPY_KEYS = {"episode", "level", "solved", "bits_per_bit", "bit_error_rate", "sg_loss", "seconds"}
 EVAL_KEYS = {"update", "train_bpc", "valid_bpc", "best_valid_bpc", "sg_loss", "seconds"}
-FINAL_KEYS = {"update", "final", "best_valid_bpc", "test_bpc", "stopped_early", "seconds"}
+FINAL_KEYS = {"update", "final", "best_valid_bpc", "test_bpc", "final_test_bpc", "stopped_early", "seconds"}
 WORDS = "the a cat dog bird sat ran flew on over to and with mat tree house".split()
 
 
@@ -340,6 +340,10 @@ def test_charlm_run_writes_best_model_and_reports_its_bpc(tmp_path):
     for ids, logged in ((valid, final["best_valid_bpc"]), (test, final["test_bpc"])):
         ids = ids[: cfg.eval_chars + 1]
         assert evaluate_bpc(trainer.net, ids, batch=min(32, max(1, (len(ids) - 1) // 100))) == logged
+    # and checkpoint.npz the model as training left it: the other rule, the final model's test BPC
+    restore_arrays(trainer.state_arrays(), load_checkpoint(out / "checkpoint.npz")[0])
+    ids = test[: cfg.eval_chars + 1]
+    assert evaluate_bpc(trainer.net, ids, batch=min(32, max(1, (len(ids) - 1) // 100))) == final["final_test_bpc"]
 
 
 def test_charlm_stops_early_when_validation_does_not_improve(tmp_path):
@@ -355,7 +359,7 @@ def test_charlm_stops_early_when_validation_does_not_improve(tmp_path):
 
 
 def test_charlm_patience_counts_evaluations_since_the_last_improvement(tmp_path, monkeypatch):
-    scores = iter([3.0, 2.5, 2.6, 2.4, 2.7, 2.4, 9.9])  # six evaluations, then the test evaluation
+    scores = iter([3.0, 2.5, 2.6, 2.4, 2.7, 2.4, 8.8, 9.9])  # six evaluations, then test: final, best model
     monkeypatch.setattr(rnn_train, "evaluate_bpc", lambda *a, **k: next(scores))
     text = write_text(tmp_path / "corpus.txt")
     cfg = charlm_cfg(tmp_path / "run", text, mode="bptt", patience=2, eval_every=2, updates=100)
@@ -364,12 +368,12 @@ def test_charlm_patience_counts_evaluations_since_the_last_improvement(tmp_path,
     assert [m["update"] for m in evals] == [2, 4, 6, 8, 10, 12]
     assert [m["best_valid_bpc"] for m in evals] == [3.0, 2.5, 2.5, 2.4, 2.4, 2.4]  # 2.4 again is no improvement
     assert metrics[-1] | {"seconds": 0} == {"update": 12, "final": True, "best_valid_bpc": 2.4, "test_bpc": 9.9,
-                                            "stopped_early": True, "seconds": 0}  # fmt: skip
+                                            "final_test_bpc": 8.8, "stopped_early": True, "seconds": 0}  # fmt: skip
     assert load_checkpoint(tmp_path / "run" / "best.npz")[1]["update"] == 8
 
 
 def test_running_out_of_patience_at_the_last_update_is_not_stopping_early(tmp_path, monkeypatch):
-    scores = iter([3.0, 3.1, 3.2, 9.9])  # no improvement at the last two evaluations, the last at the budget's end
+    scores = iter([3.0, 3.1, 3.2, 9.9, 9.9])  # no improvement at the last two evaluations, the last at the end
     monkeypatch.setattr(rnn_train, "evaluate_bpc", lambda *a, **k: next(scores))
     cfg = charlm_cfg(tmp_path / "run", write_text(tmp_path / "corpus.txt"), mode="bptt", patience=2, eval_every=2,
                      updates=6)  # fmt: skip

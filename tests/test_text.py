@@ -483,3 +483,16 @@ def test_bits_per_char():
 def test_public_names():
     assert set(text.__all__) <= set(dir(text))
     assert Path(text.__file__).name == "text.py"
+
+
+def test_the_command_line_fetches_shakespeare_into_the_cache(tmp_path, monkeypatch, capsys):
+    """`python -m minidni data shakespeare` calls load_shakespeare with the cache it was given and says what it has."""
+    import minidni.data.text as text_module
+    from minidni.cli import main
+
+    asked = []
+    monkeypatch.setattr(text_module, "load_shakespeare", lambda cache_dir=None, log=None: asked.append(cache_dir)
+                        or "to be or not")  # fmt: skip
+    assert main(["data", "shakespeare", "--data-dir", str(tmp_path)]) == 0
+    assert asked == [str(tmp_path)]
+    assert "shakespeare: 12 characters, 7 distinct" in capsys.readouterr().out

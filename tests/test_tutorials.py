@@ -5,6 +5,10 @@ Each `tutorials/[0-9][0-9]_*.py` is run in its own Python process with MINIDNI_T
 and MINIDNI_TUTORIAL_OUT pointing at a temporary directory, so that the tutorial's own asserts - the checks of
 the math - run in the test suite, and nothing is written into the source tree. A tutorial names the figures it
 writes in a module-level list FIGURES; every one must exist afterwards.
+
+With `pytest --tutorials-full` every tutorial also runs at its default size, the size its text states, where it
+asserts its headline claims (the numbers its prose gives); CI does this in a step of its own. Those runs use the
+user's data cache, as a tutorial run by hand does, and fetch MNIST into it if it is not there.
 """
 
 import ast
@@ -20,11 +24,16 @@ TUTORIAL_DIR = Path(__file__).resolve().parent.parent / "tutorials"
 TUTORIALS = sorted(TUTORIAL_DIR.glob("[0-9][0-9]_*.py"))
 
 
-def declared_figures(script):
-    """The FIGURES list of a tutorial, read from its source without running it."""
+def declared_figures(script, stand_in=None):
+    """The FIGURES list of a tutorial, read from its source without running it. A figure drawn from generated
+    stand-in data instead of MNIST says so in its name: "{stand_in}" in FIGURES is "_stand-in" then, "" otherwise
+    (stand_in=True / False; None leaves the placeholder)."""
     for node in ast.parse(script.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FIGURES" for t in node.targets):
-            return ast.literal_eval(node.value)
+            figures = ast.literal_eval(node.value)
+            if stand_in is None:
+                return figures
+            return [f.format(stand_in="_stand-in" if stand_in else "") for f in figures]
     return None
 
 
@@ -71,16 +80,34 @@ def test_tutorial_opens_as_a_notebook(script):
 
 @pytest.mark.parametrize("script", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_runs_tiny(script, tmp_path):
-    env = dict(os.environ, MINIDNI_TINY="1", MINIDNI_TUTORIAL_OUT=str(tmp_path), MPLBACKEND="Agg")
-    env.pop("MINIDNI_BACKEND", None)
+    run_tutorial(script, tmp_path, tiny=True, timeout=180)
+
+
+@pytest.mark.tutorial_full
+@pytest.mark.parametrize("script", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorial_runs_at_default_size(script, tmp_path):
+    run_tutorial(script, tmp_path, tiny=False, timeout=900)
+
+
+def run_tutorial(script, tmp_path, tiny, timeout):
+    """Run one tutorial in a fresh process; fail with its output unless it passed its own asserts, wrote every
+    figure in its FIGURES and reached its last line."""
+    env = dict(os.environ, MINIDNI_TUTORIAL_OUT=str(tmp_path), MPLBACKEND="Agg")
+    for name in ("MINIDNI_BACKEND", "MINIDNI_TINY", "MINIDNI_STANDIN"):  # the defaults, unless tiny is asked for
+        env.pop(name, None)
+    if tiny:
+        env["MINIDNI_TINY"] = "1"
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, (
         f"{script.name} exited with {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}"
         f"\n--- stderr ---\n{result.stderr[-3000:]}"
     )
-    figures = declared_figures(script) or []
+    figures = declared_figures(script, stand_in=tiny) or []  # tiny mode trains on generated stand-ins of MNIST
     missing = [f for f in figures if not (tmp_path / f).is_file() or (tmp_path / f).stat().st_size == 0]
     assert not missing, f"{script.name} left figures unwritten: {missing}"
+    if not tiny:  # at its default size a tutorial trains on the real data or stops: no stand-in unless asked for
+        stand_ins = [p.name for p in tmp_path.rglob("*") if "stand-in" in p.name or "stand_in" in p.name]
+        assert not stand_ins, f"{script.name} used a stand-in at its default size: {stand_ins}"
     assert f"tutorial {script.name[:2]} finished" in result.stdout, f"{script.name} did not reach its end"

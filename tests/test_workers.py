@@ -257,9 +257,12 @@ def test_a_stuck_worker_times_its_neighbours_out(tmp_path, monkeypatch):
 
 
 def test_a_worker_that_raises_is_reported_with_its_error(tmp_path):
-    # a huge learning rate: some block diverges, and its worker's DivergenceError is what the run reports
-    with pytest.raises(WorkerError, match=r"the worker of block \d failed: DivergenceError: .* diverged"):
-        run(tmp_path, "nan", mode="cdni", workers="thread", lr=1e30, wait_timeout=5)
+    # a huge SG learning rate: an SG module diverges, and its worker's DivergenceError is what the run reports,
+    # naming the block and the norm that crossed the limit. (Not a huge layer learning rate: the layers' numbers
+    # would then overflow float32, with NumPy's RuntimeWarnings, before a synthetic gradient crossed the limit.)
+    diverged = r"DivergenceError: synthetic gradient of block \d diverged: \|\|dh_syn\|\| = \S+ \(limit 1000\)"
+    with pytest.raises(WorkerError, match=r"the worker of block \d failed: " + diverged):
+        run(tmp_path, "diverges", mode="cdni", workers="thread", sg_lr=1e3, wait_timeout=5)
 
 
 # -- MPI: the same program on localhost ranks -----------------------------------------------------------------------

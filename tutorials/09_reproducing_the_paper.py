@@ -23,8 +23,9 @@
 # This tutorial opens it up:
 #
 # 1. an experiment is **a list of runs** (`experiments.table1_runs` and friends), each a `TrainConfig`;
-# 2. a **budget** is one fixed schedule: `smoke` (seconds), `short` (hours on 2 cores), `paper` (the paper's
-#    500k iterations);
+# 2. a **budget** is one fixed schedule: `smoke` (seconds), `short` (sized for a 2-core CPU: minutes to tens of
+#    minutes per run, hours for a whole experiment), `paper` (the paper's 500k iterations: hours per FCN run, about
+#    a week per CNN run);
 # 3. running the smoke budget of `table1 --models fcn3` (and, outside tiny mode, of `unlock`) through
 #    `experiments.run_experiment`;
 # 4. reading what it writes: `results.json`, `table.md` (the paper's numbers labelled as the paper's, the recalled
@@ -32,10 +33,11 @@
 # 5. **resuming**: a second call skips finished runs, and a run stopped mid-way continues to the same numbers;
 # 6. Fashion-MNIST as a second data set.
 #
-# Sizes: everything here uses the smoke budget, so it takes seconds. With `MINIDNI_TINY=1` (the test suite) and
-# whenever MNIST is not in the local cache, the runs train on a generated stand-in for MNIST handed to the harness
-# through its `data=` parameter, so nothing here ever needs the network. Figures and run directories go to
-# `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
+# Sizes: everything here uses the smoke budget, so it takes seconds. The runs train on MNIST (from the local
+# cache, or fetched into it as `python -m minidni data mnist` does); only in tiny mode (`MINIDNI_TINY=1`, the test
+# suite, which has no network) or with `MINIDNI_STANDIN=1` on a generated stand-in, handed to the harness through
+# its `data=` parameter under the data name "stand-in", so that every table, directory and figure it writes says
+# so. Figures and run directories go to `tutorials/out/`, or to `$MINIDNI_TUTORIAL_OUT`.
 
 # %%
 import dataclasses
@@ -52,11 +54,14 @@ import minidni.core.backend
 from minidni.experiments import feedforward as experiments
 from minidni.data.datasets import DataError, load_dataset
 from minidni.experiments.feedforward import Run, budget_config, run_all, run_experiment
+from minidni.runs.threads import use_blas_threads
 from minidni.runs.train import TrainConfig, load_data, read_metrics
 
 minidni.core.backend.set_backend("numpy")
+use_blas_threads(1)  # one BLAS thread: a busy machine cannot slow the run down several times (minidni.runs.threads)
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
+STANDIN = TINY or os.environ.get("MINIDNI_STANDIN", "0") == "1"  # generated data instead of MNIST, only if asked
 try:
     HERE = Path(__file__).resolve().parent
 except NameError:  # in a notebook: its own folder (tutorials/)
@@ -66,7 +71,7 @@ OUT.mkdir(parents=True, exist_ok=True)
 WORK = OUT / "09_experiments"  # this tutorial's experiment directories
 shutil.rmtree(WORK, ignore_errors=True)  # start from nothing: section 5 shows what happens when runs exist
 T_START = time.perf_counter()
-FIGURES = ["09_reproducing_the_paper.png"]  # what it writes into OUT (tests check)
+FIGURES = ["09_reproducing_the_paper{stand_in}.png"]  # what it writes into OUT (tests check); "_stand-in" if STANDIN
 print(f"{'tiny' if TINY else 'default'} size; figures and runs go to {OUT}")
 
 # %% [markdown]
@@ -83,6 +88,7 @@ for name, make_runs in experiments.EXPERIMENTS.items():
 
 runs = experiments.table1_runs("short")
 print(f"\nthe first table1 run: key {runs[0].key}, directory runs/{runs[0].name}")
+assert len(runs) == 40, "table1, short budget: 6 models x 4 modes, three seeds for bprop and cdni of the 4 FCNs"
 
 # %% [markdown]
 # **Seeds.** Table 1's interesting claims rest on small gaps - cDNI within a few tenths of a point of backprop -
@@ -144,21 +150,48 @@ print(
 assert iterations >= experiments.PAPER_ITERATIONS == 500_000, "the paper budget must run at least 500k iterations"
 assert iterations < 500_000 + steps_per_epoch, "... and not a whole epoch more"
 assert paper.batch == 256 and paper.lr == 3e-5 and paper.lr_decay_at == (0.6, 0.8) and paper.lr_gamma == 0.1
+assert (paper.epochs, steps_per_epoch, iterations, milestones) == (2337, 214, 500_118, [300_071, 400_094])
 
 # %% [markdown]
-# What that costs on a CPU, from measured step times with one BLAS thread: an FCN3 cDNI epoch takes about 3.4 s
-# (`docs/results.md`), so one paper-budget FCN3 cDNI run is about 2 hours; a CNN3 cDNI step at batch 256 takes
-# about 1.26 s (`docs/conv.md`), so one paper-budget CNN3 cDNI run is about a week.
-#
+# What that costs on a CPU. Nothing is timed here; the step times below were measured with one BLAS thread and
+# are quoted from the docs: an FCN3 cDNI epoch (214 steps of batch 256) in `docs/results.md`, a CNN3 cDNI step at
+# batch 256 in `docs/conv.md`. So the `short` budget is sized for a 2-core CPU - minutes for an FCN run, tens of
+# minutes for a CNN run, and hours for a whole experiment of dozens of runs (`docs/results.md` lists each run's
+# seconds) - while the paper budget takes hours for one FCN run and about a week for one CNN run.
+
+# %%
+FCN3_CDNI_EPOCH_S = 34 / 10  # docs/results.md: 10 epochs of FCN3 cDNI in 34 s of training
+CNN3_CDNI_STEP_S = 1.26  # docs/conv.md: one CNN3 cDNI train_step at batch 256
+cost = {}  # (budget, model) -> seconds of one cDNI run, estimated from the quoted step times
+for budget in ("short", "paper"):
+    for model in ("fcn3", "cnn3"):
+        cfg = budget_config(budget, model, mode="cdni")
+        epoch_s = FCN3_CDNI_EPOCH_S if model == "fcn3" else CNN3_CDNI_STEP_S * steps_per_epoch
+        cost[budget, model] = cfg.epochs * epoch_s
+        t = cost[budget, model]
+        took = f"{t / 60:.1f} minutes" if t < 2 * 3600 else f"{t / 3600:.1f} hours" if t < 2 * 86400 else None
+        took = took or f"{t / 86400:.1f} days"
+        print(f"{budget:6s} {model} cDNI: {cfg.epochs:5d} epochs, about {took} (estimated from the quoted step times)")
+assert 60 <= cost["short", "fcn3"] < 10 * 60 and 10 * 60 <= cost["short", "cnn3"] < 3600, "minutes / tens of minutes"
+assert 3600 <= cost["paper", "fcn3"] < 10 * 3600, "hours for one paper-budget FCN run"
+assert 5 * 86400 <= cost["paper", "cnn3"] < 10 * 86400, "about a week for one paper-budget CNN run"
+
+# %% [markdown]
 # ## 3. Running an experiment: the smoke budget
 #
 # `run_experiment(name, budget, out, data_name, data=...)` builds the runs, trains each into
 # `out/runs/<name>/`, then writes the summary. Without `data` each run loads its data set itself
-# (`minidni.runs.train.load_data`, from the cache or its sources). Here we load once and hand the arrays in: on
-# MNIST when it is cached (and not in tiny mode), otherwise a stand-in of the same shape, 10 classes of
-# 784-feature rows (a class template plus noise). `data` is the tuple `load_data` returns,
+# (`minidni.runs.train.load_data`, from the cache or its sources). Here we load once and hand the arrays in: MNIST,
+# or, only in tiny mode or with `MINIDNI_STANDIN=1`, a stand-in of the same shape, 10 classes of 784-feature rows
+# (a class template plus noise). `data` is the tuple `load_data` returns,
 # `(x_train, y_train, x_val, y_val, x_test, y_test)`, already cut to the budget's subset sizes: the harness
 # uses it as it is.
+#
+# The harness writes the name of a run's data set into everything: `config.json`, each run's curves, `table.md`
+# (where the paper's column is filled only for "mnist"), the figures. Arrays that are not MNIST but shaped like it
+# get their own name, `data_label="stand-in"`: the runs are still built as for MNIST (`data_name="mnist"`: 784
+# inputs, 10 classes), but every config, table, log line and title says stand-in, no paper number is printed
+# beside them, and `table.md` records no command line (none makes these data).
 
 # %%
 SMOKE = budget_config("smoke", "fcn3")  # smoke subsets: 256 training, 64 validation, 128 test rows
@@ -176,20 +209,25 @@ def stand_in_mnist(seed=0):
     return (*split(SMOKE.train_subset), *split(SMOKE.val_size), *split(SMOKE.test_subset))
 
 
-source = "stand-in"
-if not TINY:
-    try:
-        load_dataset("mnist", sources=("cache",), log=lambda msg: None)  # is MNIST cached? (never the network)
-        data = load_data(SMOKE, log=lambda msg: None)  # what each smoke run would load for itself
-        source = "MNIST"
-    except DataError:
-        print("MNIST is not in the cache (`python -m minidni data mnist` fetches it): using the stand-in")
-if source == "stand-in":
+assert (SMOKE.train_subset, SMOKE.val_size, SMOKE.test_subset, SMOKE.epochs) == (256, 64, 128, 1)
+if STANDIN:
+    DATA = LABEL = "stand-in"  # the name the harness writes everywhere
+    why = "MINIDNI_TINY=1: the test suite has no network" if TINY else "MINIDNI_STANDIN=1"
+    print(f"STAND-IN DATA, not MNIST ({why}): every table, directory and figure below says stand-in")
     data = stand_in_mnist()
+else:
+    DATA, LABEL = "mnist", None
+    try:
+        data = load_data(SMOKE)  # what each smoke run would load for itself: the cache, or fetched into it
+    except DataError as e:
+        raise SystemExit(
+            f"MNIST could not be loaded:\n{e}\nFetch it with `python -m minidni data mnist`, or run this tutorial "
+            "on a generated stand-in with MINIDNI_STANDIN=1."
+        ) from e
+source = "stand-in" if STANDIN else "MNIST"  # for titles
+TABLE1 = WORK / f"table1-{DATA}"  # every directory names its data
 NAMES = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 print(f"{source}: " + ", ".join(f"{name} {a.shape}" for name, a in zip(NAMES, data)))
-if source == "stand-in":
-    print("NOTE: the tables below say 'mnist' (the runs' configured data set), but these numbers are the stand-in's")
 
 # %% [markdown]
 # First, Table 1's FCN 3 row: `table1 --models fcn3`, four runs (nobprop, bprop, cdni, dni), one epoch each on the
@@ -206,7 +244,7 @@ def log(msg):
 
 t0 = time.perf_counter()
 table1_rows = run_experiment(
-    "table1", "smoke", str(WORK / "table1"), data_name="mnist", log=log, data=data, models=["fcn3"]
+    "table1", "smoke", str(TABLE1), data_name="mnist", log=log, data=data, models=["fcn3"], data_label=LABEL
 )
 print(f"--- table1 --models fcn3, smoke budget: {len(table1_rows)} runs in {time.perf_counter() - t0:.1f}s")
 
@@ -220,9 +258,10 @@ unlock_rows = []
 if not TINY:
     t0 = time.perf_counter()
     unlock_rows = run_experiment(
-        "unlock", "smoke", str(WORK / "unlock"), data_name="mnist", log=lambda m: None, data=data
+        "unlock", "smoke", str(WORK / f"unlock-{DATA}"), data_name="mnist", log=lambda m: None, data=data,
+        data_label=LABEL,
     )
-    print((WORK / "unlock" / "table.md").read_text())
+    print((WORK / f"unlock-{DATA}" / "table.md").read_text())
     print(f"--- unlock, smoke budget: {len(unlock_rows)} runs in {time.perf_counter() - t0:.1f}s")
 
 # %% [markdown]
@@ -238,42 +277,58 @@ if not TINY:
 # table ("3 of 40 runs done so far").
 
 # %%
-for path in sorted((WORK / "table1").rglob("*")):
+for path in sorted(TABLE1.rglob("*")):
     if path.is_file():
-        print(f"  {path.relative_to(WORK / 'table1')}  ({path.stat().st_size:,} bytes)")
-results = json.loads((WORK / "table1" / "results.json").read_text())
+        print(f"  {path.relative_to(TABLE1)}  ({path.stat().st_size:,} bytes)")
+results = json.loads((TABLE1 / "results.json").read_text())
 print(json.dumps({k: v for k, v in results.items() if k != "rows"}), "\nrows[0]:", json.dumps(results["rows"][0]))
 assert results["experiment"] == "table1" and results["budget"] == "smoke" and results["rows"] == table1_rows
 assert results["complete"], "every run finished, so the table is complete"
 for row in table1_rows:
-    run_dir = WORK / "table1" / row["run"]
+    run_dir = TABLE1 / row["run"]
     assert all((run_dir / f).exists() for f in ("metrics.jsonl", "config.json", "checkpoint.npz", "curves.png"))
     assert read_metrics(run_dir)[-1]["test_error_pct"] == row["test_error_pct"]
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    assert (config["data_label"] or config["data"]) == DATA, "each run names its data"
 
 # %% [markdown]
 # `table.md` of Table 1. For each mode, our number and the paper's (Jaderberg et al. 2016, Table 1, MNIST, after
 # 500k iterations). Only one value of the paper's table has been checked against the paper's text (FCN 3 backprop,
 # 2.0); every other paper value is recalled and carries "(recalled)" wherever it is printed
 # (`experiments.PAPER_VERIFIED`). On the smoke budget our numbers are of course nowhere near the paper's: 256
-# images, one epoch, 32 units.
+# images, one epoch, 32 units. On the stand-in the paper's column stays empty ("-"): the paper has no numbers for
+# it. The labels are checked at both sizes: on the stand-in, by summarising the same rows under the name "mnist"
+# into a scratch directory (`experiments.summarise_table1`, what `run_experiment` calls).
+
 
 # %%
-table = (WORK / "table1" / "table.md").read_text()
+def paper_column(table, model="fcn3"):
+    """{mode: the paper's cell} of one model's row of a table1 table.md."""
+    row = next(line for line in table.splitlines() if line.startswith(f"| {model} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]  # ours, paper, ours, paper, ... per mode
+    return dict(zip(experiments.MODES, cells[1::2]))
+
+
+table = (TABLE1 / "table.md").read_text()
 print(table)
-row = next(line for line in table.splitlines() if line.startswith("| fcn3 |"))
-cells = [c.strip() for c in row.strip("|").split("|")][1:]  # ours, paper, ours, paper, ... per mode
-paper_cells = dict(zip(experiments.MODES, cells[1::2]))
-print("the paper's column of FCN 3:", paper_cells)
+assert f"Test error % on {DATA}:" in table, "the table names the data its numbers are from"
+as_mnist = table
+if STANDIN:
+    assert set(paper_column(table).values()) == {"-"}, "no paper numbers beside the stand-in's"
+    as_mnist = experiments.summarise_table1(table1_rows, {}, str(WORK / "labels-check"), "mnist")
+paper_cells = paper_column(as_mnist)
+print("the paper's column of FCN 3 (MNIST):", paper_cells)
 assert paper_cells["bprop"] == "2.0", "FCN 3 bprop is the verified value: printed without a mark"
 for mode in ("nobprop", "dni", "cdni"):
     value = experiments.PAPER_TABLE1["fcn3"][mode]
     assert paper_cells[mode] == f"{value} (recalled)", f"the paper's {mode} value must be marked as recalled"
-assert "(paper)" in table and "Jaderberg" in table, "the paper's numbers must be labelled as the paper's"
+assert "(paper)" in as_mnist and "Jaderberg" in as_mnist, "the paper's numbers must be labelled as the paper's"
 
 # %% [markdown]
 # ## 5. Resuming
 #
-# A full `short` experiment is hours, a `paper` one days, so the harness assumes it will be stopped. Calling it
+# A full `short` experiment takes hours and a `paper` one weeks (section 2), so the harness assumes it will be
+# stopped. Calling it
 # again with the same `--out`:
 #
 # * a run whose `metrics.jsonl` reaches its last epoch and that has a checkpoint is **skipped** ("done earlier");
@@ -287,7 +342,7 @@ assert "(paper)" in table and "Jaderberg" in table, "the paper's numbers must be
 # %%
 lines.clear()
 again = run_experiment(
-    "table1", "smoke", str(WORK / "table1"), data_name="mnist", log=lines.append, data=data, models=["fcn3"]
+    "table1", "smoke", str(TABLE1), data_name="mnist", log=lines.append, data=data, models=["fcn3"], data_label=LABEL
 )
 skipped = [line for line in lines if "done earlier" in line]
 print("\n".join(skipped))
@@ -308,7 +363,7 @@ class SwitchedOff(Exception):
 
 
 def resume_run():
-    cfg = budget_config("smoke", "fcn3", mode="cdni", epochs=2)
+    cfg = budget_config("smoke", "fcn3", "mnist", mode="cdni", epochs=2, data_label=LABEL)
     return [Run({"model": "fcn3", "mode": "cdni", "seed": 0}, cfg)]
 
 
@@ -317,19 +372,20 @@ def stop_after_epoch_1(msg):
         raise SwitchedOff(msg.strip())
 
 
-straight = run_all(resume_run(), str(WORK / "resume-straight"), log=lambda m: None, data=data)["fcn3-cdni-seed0"]
+straight_dir = WORK / f"resume-straight-{DATA}"
+straight = run_all(resume_run(), str(straight_dir), log=lambda m: None, data=data)["fcn3-cdni-seed0"]
 try:
-    run_all(resume_run(), str(WORK / "resume-stopped"), log=stop_after_epoch_1, data=data)
+    run_all(resume_run(), str(WORK / f"resume-stopped-{DATA}"), log=stop_after_epoch_1, data=data)
 except SwitchedOff as e:
     print(f"switched off after: {e}")
-stopped_dir = WORK / "resume-stopped" / "runs" / "fcn3-cdni-seed0"
+stopped_dir = WORK / f"resume-stopped-{DATA}" / "runs" / "fcn3-cdni-seed0"
 print(
     f"left behind: epochs {[m['epoch'] for m in read_metrics(stopped_dir)]}, "
     f"checkpoint {(stopped_dir / 'checkpoint.npz').exists()}"
 )
 
 lines.clear()
-resumed = run_all(resume_run(), str(WORK / "resume-stopped"), log=lines.append, data=data)["fcn3-cdni-seed0"]
+resumed = run_all(resume_run(), str(stopped_dir.parent.parent), log=lines.append, data=data)["fcn3-cdni-seed0"]
 print("\n".join(line for line in lines if "resum" in line))
 
 
@@ -446,7 +502,7 @@ ax.set(xlabel="epoch", ylabel="training loss (epoch mean)", title="resuming give
 ax.legend(fontsize=8)
 
 fig.tight_layout()
-figure = OUT / FIGURES[0]
+figure = OUT / FIGURES[0].format(stand_in="_stand-in" if STANDIN else "")
 fig.savefig(figure, dpi=100)
 if "ipykernel" in sys.modules:
     plt.show()

@@ -46,8 +46,10 @@ import minidni.core.backend
 import minidni.core.functional as F
 from minidni.core.gradcheck import assert_close, check_function, numerical_gradient
 from minidni.recurrent.cells import LSTMCell, RecurrentNet, RNNCell, unroll_backward, unroll_forward, zero_grads
+from minidni.runs.threads import use_blas_threads
 
 minidni.core.backend.set_backend("numpy")  # the hand computations below are NumPy
+use_blas_threads(1)  # one BLAS thread: a busy machine cannot slow the run down several times (minidni.runs.threads)
 
 TINY = os.environ.get("MINIDNI_TINY", "0") == "1"
 try:
@@ -314,7 +316,9 @@ for Cell in (RNNCell, LSTMCell):
 # an LSTM with $H$ units, untrained. Full BPTT gets $G$ by one backward pass per $t$ with the loss at step $t$
 # only; truncated BPTT by the same pass inside the chunk holding $t$. The asserts: both are causal ($G_{tu} = 0$
 # for $u > t$); truncated is exactly zero for every $u$ before the start of $t$'s chunk, and equals full BPTT inside
-# the chunk.
+# the chunk; the far corner $G_{L-1, 0}$, the smallest number in the picture, equals float64 central differences of
+# $\ell_{L-1}$ with respect to $x_0$; under full BPTT $G_{t0}$ falls from $t = 0$ to $t = T$ to $t = L - 1$; and
+# the LSTM's **reach**, $G_{L-1, 0} / G_{00}$, is larger than the RNN's.
 
 # %%
 D_PIC, O_PIC = 8, 8
@@ -342,7 +346,7 @@ def gradient_matrix(net, xs, targets, T=None):
     return G
 
 
-pictures = {}
+pictures, reach = {}, {}  # reach: |d loss_(L-1) / d x_0| / |d loss_0 / d x_0| per cell
 for Cell in (RNNCell, LSTMCell):
     rng = np.random.default_rng(3)
     net = RecurrentNet(Cell(D_PIC, H_PIC, rng=rng, dtype=np.float64), O_PIC, rng=rng, dtype=np.float64)
@@ -360,11 +364,30 @@ for Cell in (RNNCell, LSTMCell):
     assert not trunc[before].any(), "truncated BPTT: exactly zero across every boundary"
     assert full[before].min() > 0, "full BPTT: every earlier input matters, however little"
     assert_close(trunc[same_chunk], full[same_chunk], rtol=1e-12, atol=0, name="inside a chunk truncation is exact")
+
+    # the picture's far corner, G[L-1, 0], by central differences: the loss at the last step against the first input
+    # (eps 1e-4, not 1e-6: the entries are about 1e-6 of the loss, and rounding error grows as eps shrinks)
+    def last_loss(net=net, xs=xs, targets=targets):  # this cell's net and data
+        logits, _, _ = net.forward(xs, np.zeros((B_PIC, net.state_size)))
+        return F.softmax_cross_entropy(logits[SEQ - 1], targets[SEQ - 1])[0]
+
+    far = np.linalg.norm(numerical_gradient(last_loss, xs[0], eps=1e-4))  # xs[0]: a view, perturbing it perturbs xs
+    assert_close(full[SEQ - 1, 0], far, rtol=1e-5, atol=0, name=f"{Cell.__name__}: G[L-1, 0] vs central differences")
+    reach[Cell.__name__] = full[SEQ - 1, 0] / full[0, 0]
     print(
         f"{Cell.__name__}: |d loss_t/d x_0| full BPTT at t = 0, {T_PIC}, {SEQ - 1}: "
-        f"{full[0, 0]:.2e}, {full[T_PIC, 0]:.2e}, {full[SEQ - 1, 0]:.2e};  truncated at t = {T_PIC}: "
-        f"{trunc[T_PIC, 0]}"
+        f"{full[0, 0]:.2e}, {full[T_PIC, 0]:.2e}, {full[SEQ - 1, 0]:.2e} (central differences {far:.2e}); "
+        f"truncated at t = {T_PIC}: {trunc[T_PIC, 0]}; reach |d loss_{SEQ - 1}/d x_0| / |d loss_0/d x_0| "
+        f"= {reach[Cell.__name__]:.1e}"
     )
+    assert full[SEQ - 1, 0] < full[T_PIC, 0] < full[0, 0], "full BPTT: the gradient fades as the loss moves away"
+
+# the LSTM's cell c carries gradients back through the forget gates alone (sigma(1) = 0.73 at the start): it
+# reaches further back than the RNN, whose every step multiplies by W and tanh'
+assert abs(1 / (1 + np.exp(-1.0)) - 0.73) < 0.005
+assert reach["LSTMCell"] > reach["RNNCell"], f"the LSTM should reach further back than the RNN: {reach}"
+if not TINY:  # the prose's orders of magnitude, at the default size (60 steps, 64 units, untrained)
+    assert 1e-4 < reach["RNNCell"] < 1.5e-3 and 1e-3 < reach["LSTMCell"] < 1e-2, reach
 
 # %% [markdown]
 # ### The picture
@@ -420,10 +443,11 @@ print(f"wrote {figure}")
 #   including the gradient with respect to the initial state and to a gradient injected at the last state.
 # * Truncated BPTT is exact inside a chunk and blind across a boundary: a loss at step $t \ge T$ cannot teach the
 #   network anything about what it should have kept from before the boundary. Under full BPTT the gradient fades
-#   with distance but never reaches zero: measured at the default size (60 steps, 64 units, untrained),
-#   $\lVert \partial \ell_{59} / \partial x_0 \rVert$ is about $4 \cdot 10^{-4}$ of
-#   $\lVert \partial \ell_0 / \partial x_0 \rVert$ for the RNN and about $3 \cdot 10^{-3}$ for the LSTM, whose
-#   cell $c$ passes gradients back through the forget gates alone (they start near $\sigma(1) \approx 0.73$).
+#   with distance but never reaches zero. The reach $\lVert \partial \ell_{L-1} / \partial x_0 \rVert /
+#   \lVert \partial \ell_0 / \partial x_0 \rVert$ is printed above for both cells; at the default size (60 steps,
+#   64 units, untrained) the run asserts that it lies between $10^{-4}$ and $1.5 \cdot 10^{-3}$ for the RNN and ten
+#   times higher, between $10^{-3}$ and $10^{-2}$, for the LSTM, whose cell $c$ passes gradients back through the
+#   forget gates alone (they start near $\sigma(1) \approx 0.73$). At every size the LSTM reaches further back.
 # * Full BPTT = truncated BPTT + one array per boundary, $\partial L_{future} / \partial s_{boundary}$. Tutorial 11
 #   predicts that array with a synthetic-gradient module and trains on the copy tasks, where what must be kept is
 #   longer than a chunk.

@@ -24,19 +24,15 @@ class BackendError(RuntimeError):
 _state = {"name": None, "module": None}
 
 
-def _load_cupy():
+def _load_cupy(asked_by):
     try:
         import cupy
     except ImportError as e:  # not installed at all
-        raise BackendError(
-            "MINIDNI_BACKEND=cupy was requested but CuPy is not installed. "
-            "Install the wheel matching your CUDA (e.g. `pip install cupy-cuda13x`) or use the numpy backend."
-        ) from e
+        raise BackendError(f"{asked_by} asks for CuPy, but CuPy is not installed. Install the wheel matching your "
+                           "CUDA (e.g. `pip install cupy-cuda13x`) or use the numpy backend.") from e  # fmt: skip
     if not cupy.is_available():  # installed, but no driver or no GPU
-        raise BackendError(
-            "MINIDNI_BACKEND=cupy was requested but CuPy finds no usable GPU (cupy.is_available() is False: "
-            "no CUDA driver or no device). Use the numpy backend on this machine."
-        )
+        raise BackendError(f"{asked_by} asks for CuPy, but CuPy finds no usable GPU (cupy.is_available() is False: "
+                           "no CUDA driver or no device). Use the numpy backend on this machine.")  # fmt: skip
     return cupy
 
 
@@ -50,11 +46,12 @@ def gpu_available():
     return bool(cupy.is_available())  # False, without raising, when there is no driver or no device
 
 
-def set_backend(name):
-    """Select the array backend, "numpy" or "cupy". Raises BackendError if it cannot be used."""
+def set_backend(name, asked_by=None):
+    """Select the array backend, "numpy" or "cupy". Raises BackendError if it cannot be used, naming `asked_by`:
+    what the user wrote to ask for it (the command line passes "--backend cupy"; default "set_backend('cupy')")."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
-    module = np if name == "numpy" else _load_cupy()
+    module = np if name == "numpy" else _load_cupy(asked_by or f"set_backend({name!r})")
     _state["name"], _state["module"] = name, module
     return module
 
@@ -75,7 +72,8 @@ def active_module():
 def backend_name():
     """The name of the active backend, resolving MINIDNI_BACKEND on first use."""
     if _state["name"] is None:
-        set_backend(os.environ.get("MINIDNI_BACKEND", "numpy").strip().lower() or "numpy")
+        name = os.environ.get("MINIDNI_BACKEND", "numpy").strip().lower() or "numpy"
+        set_backend(name, asked_by=f"MINIDNI_BACKEND={name}")
     return _state["name"]
 
 

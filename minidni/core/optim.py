@@ -132,11 +132,6 @@ class Adam(Optimizer):
         self.eps_t = self.eps / c
         return self.a_t, self.eps_t
 
-    def step(self, grads):
-        self.begin_step()
-        for name, p in self.params.items():
-            self._update(name, p, grads[name], self._scratch[name])
-
     def _update(self, name, p, g, tmp):
         adam_update(p, g, self.M[name], self.V[name], self.a_t, self.eps_t, self.beta1, self.beta2, tmp)
 
@@ -145,9 +140,7 @@ class Adam(Optimizer):
         return (1 - self.beta1) * self.M[name], (1 - self.beta2) * self.V[name]
 
     def state_arrays(self):
-        out = {f"M.{k}": a for k, a in self.M.items()}
-        out.update({f"V.{k}": a for k, a in self.V.items()})
-        return out
+        return {**{f"M.{k}": a for k, a in self.M.items()}, **{f"V.{k}": a for k, a in self.V.items()}}
 
 
 class StepSchedule:

@@ -60,6 +60,8 @@ HOST_ONLY = {
     "experiments/staleness.py": "starts runs and reads their metrics",
     "experiments/feedforward.py": "starts runs and reads their metrics",
     "experiments/recurrent.py": "starts runs and reads their metrics",
+    "experiments/modes.py": "starts runs, reads their metrics and timelines, draws them",
+    "runs/threads.py": "BLAS thread counts, no arrays",
     "runs/timeline.py": "records times, not arrays",
     "core/gradcheck.py": "float64 numerical checks on host copies (to_numpy first)",
     "experiments/bench.py": "times the engine on the numpy backend only (the GPU benchmark is cuda/bench.py)",

@@ -38,8 +38,7 @@ class Network:
         """gate: a minidni.dni.stochastic.UpdateGate (blocks update with probability p_update, in random order);
         inputs: one minidni.dni.unlock.SyntheticInput per block after the first (complete unlock, dni/cdni only)."""
         check_options(stacks, mode, sgs, sg_target, gate, inputs)
-        self.mode, self.sg_target = mode, sg_target
-        self.gate, self.inputs = gate, inputs
+        self.mode, self.sg_target, self.gate, self.inputs = mode, sg_target, gate, inputs
         sgs = sgs if mode in ("dni", "cdni") else [None] * (len(stacks) - 1)
         self.blocks = [
             DecoupledBlock(stack, sg, index=i, max_norm=max_norm, clip=clip)
@@ -150,6 +149,22 @@ class Network:
         for opt in self.optimizers().values():
             opt.lr = opt.base_lr * factor
 
+    def __repr__(self):
+        """The model at a glance: its mode, each block's layers, the SG modules (kind, size), parameter counts."""
+        rows = []  # (what, the layer stack whose trainable parameters are counted)
+        for i, block in enumerate(self.blocks):
+            output = " (output)" if block is self.output else ""
+            rows.append((f"block {i}{output}: " + " -> ".join(map(repr, block.layers.layers)), block.layers))
+            if block.sg is not None:  # SyntheticGradient.kind says "clinear" for "linear given the label"
+                kind = block.sg.kind[1:] + " given the label" if block.sg.conditioned else block.sg.kind
+                rows.append((f"  SG module after block {i} ({kind}): {block.sg!r}", block.sg.net))
+        for i, model in enumerate(self.inputs or []):  # complete unlock
+            rows.append((f"  synthetic input of block {i + 1}: {model!r}", model.net))
+        counts = [sum(int(p.size) for layer in stack.layers for p in layer.params.values()) for _, stack in rows]
+        gate = f", p_update={self.gate.p_update}" if self.gate is not None else ""
+        head = f"Network(mode={self.mode!r}, sg_target={self.sg_target!r}{gate}), {sum(counts):,} parameters:"
+        return "\n".join([head] + [f"  {n:>11,}  {what}" for (what, _), n in zip(rows, counts)])
+
 
 def build_network(
     depth=3, mode="cdni", sg="auto", d_in=784, hidden=256, n_classes=10, batchnorm=True, sg_hidden=1024, sg_layers=2,
@@ -190,16 +205,10 @@ def build_network(
         ctx = n_classes if mode == "cdni" else None
         if arch == "fcn":
             kind = ("mlp" if mode == "dni" else "linear") if sg == "auto" else sg
-            sgs = [
-                make_synthetic_gradient(kind, hidden, ctx, sg_hidden, sg_layers, sg_scale, rng, dtype)
-                for _ in stacks[:-1]
-            ]
-        else:
-            n_hidden = 0 if sg == "linear" else sg_layers
-            sgs = [
-                make_synthetic_gradient("conv", channels, ctx, sg_channels, n_hidden, sg_scale, rng, dtype)
-                for _ in stacks[:-1]
-            ]
+            width, sg_width, n_hidden = hidden, sg_hidden, sg_layers
+        else:  # convolutional modules; sg="linear" is a single convolution
+            kind, width, sg_width, n_hidden = "conv", channels, sg_channels, 0 if sg == "linear" else sg_layers
+        sgs = [make_synthetic_gradient(kind, width, ctx, sg_width, n_hidden, sg_scale, rng, dtype) for _ in stacks[:-1]]
         for m in sgs:
             m.set_optimizer(lambda p: make_optimizer(sg_optimizer or optimizer, p, sg_lr, momentum))
     for stack in stacks:
@@ -327,7 +336,6 @@ def check_split(split, depth):
         return
     ok = isinstance(split, (tuple, list)) and all(isinstance(n, int) and not isinstance(n, bool) for n in split)
     if not ok or len(split) < 2 or min(split) < 1 or sum(split) != depth:
-        raise ValueError(
-            f"split must give the layers of each block (>= 2 blocks of >= 1 layer) summing to the depth {depth}, "
-            f"e.g. (2, {depth - 2}); got {split!r}"
-        )
+        got = ",".join(map(str, split)) if ok else repr(split)  # written as the command line's --split takes it
+        raise ValueError(f"split must give the layers of each block (>= 2 blocks of >= 1 layer) summing to the depth "
+                         f"{depth}, e.g. --split 2,{depth - 2} (split=(2, {depth - 2}) in Python); got {got}")

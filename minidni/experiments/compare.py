@@ -1,6 +1,6 @@
 """Finished runs side by side: learning curves, SG losses and gradient alignment, read from their directories.
 
-    python -m minidni plot runs/bprop runs/cdni --out compare.png
+    python -m minidni plot runs/modes/runs/bprop runs/modes/runs/cdni --out compare.png
 
 Each run directory is one written by `python -m minidni train` (config.json and metrics.jsonl). The figure puts
 every run's training loss, test error and per-block SG losses side by side (minidni.runs.plots.plot_runs); where the
@@ -71,7 +71,8 @@ def compare_runs(run_dirs, out, labels=None, title=None):
         if aligned:
             path = f"{stem}_alignment_{_slug(label)}.png"
             epochs, cosine = [m["epoch"] for m in aligned], [m["sg_cosine"] for m in aligned]
-            plot_alignment(epochs, cosine, path, title=f"{label}: cos(dh_syn, dh_true) on a held-out batch")
+            plot_alignment(epochs, cosine, path, title=f"{label}: cos(dh_syn, dh_true) on a held-out batch",
+                           xlabel="epoch")  # fmt: skip
             written.append(path)
     return written
 

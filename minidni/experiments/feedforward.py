@@ -36,6 +36,7 @@ import numpy as np
 
 from minidni.data.checkpoint import atomic_write
 from minidni.runs.plots import pyplot, save_figure
+from minidni.runs.threads import DEFAULT_THREADS
 from minidni.runs.train import CHECKPOINT, TrainConfig, read_metrics, train
 
 BUDGETS = ("smoke", "short", "paper")
@@ -168,27 +169,25 @@ def _finished(run, run_dir):
 
 
 def _train_in_worker(cfg, resume, data):
-    """One run in a worker process of run_all(jobs > 1): one BLAS thread, so that `jobs` runs share the cores
-    instead of fighting over them; its log lines carry the run's name."""
-    from threadpoolctl import threadpool_limits
-
+    """One run in a worker process of run_all(jobs > 1) (with cfg.threads = 1, so that `jobs` runs share the
+    cores instead of fighting over them); its log lines carry the run's name."""
     name = os.path.basename(cfg.out)
-    with threadpool_limits(limits=1, user_api="blas"):
-        return train(cfg, resume=resume, log=lambda msg: print(f"    [{name}] {msg}", file=sys.stderr, flush=True),
-                     data=data)  # fmt: skip
+    return train(cfg, resume=resume, log=lambda msg: print(f"    [{name}] {msg}", file=sys.stderr, flush=True),
+                 data=data)  # fmt: skip
 
 
-def run_all(runs, out, log=print, data=None, after_each=None, jobs=1):
+def run_all(runs, out, log=print, data=None, after_each=None, jobs=1, threads=DEFAULT_THREADS):
     """Train every run into out/runs/<name>, skipping finished ones and resuming stopped ones.
 
     Returns {run name: its metrics list}. `data` (the tuple of minidni.runs.train.load_data) skips loading;
     after_each(results so far) is called after every run. jobs > 1 trains that many runs at once, each in its
     own process with one BLAS thread (the runs are independent; each is exactly what it would be alone with one
-    thread)."""
+    thread); jobs = 1 trains them one after another with `threads` BLAS threads."""
     results, pending = {}, []
     for k, run in enumerate(runs, 1):
         run_dir = os.path.join(out, "runs", run.name)
         run.cfg.out = run_dir
+        run.cfg.threads = threads if jobs == 1 else 1
         metrics = _finished(run, run_dir)
         if metrics is not None:
             log(f"[{k}/{len(runs)}] {run.name}: done earlier ({metrics[-1]['test_error_pct']:.2f}%)")
@@ -218,8 +217,15 @@ def run_all(runs, out, log=print, data=None, after_each=None, jobs=1):
     return results
 
 
-def run_experiment(name, budget, out, data_name="mnist", log=print, data=None, models=None, jobs=1):
-    """Run experiment `name` under `budget` into `out` (jobs runs at a time); returns the rows of results.json."""
+def run_experiment(name, budget, out, data_name="mnist", log=print, data=None, models=None, jobs=1,
+                   threads=DEFAULT_THREADS, data_label=None):  # fmt: skip
+    """Run experiment `name` under `budget` into `out` (jobs runs at a time, each with one BLAS thread; one run at
+    a time with `threads`); returns the rows of results.json. data: the arrays of load_data instead of loading
+    data_name; data_label: what to call them in every config, table and title when they are not data_name itself
+    (e.g. "stand-in": then no paper number is printed beside them)."""
+    if data_label is not None and data is None:
+        raise ValueError(f"data_label={data_label!r} names arrays passed as data=...; without them the experiment "
+                         f"loads {data_name!r} and calls it that")  # fmt: skip
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     if name not in EXPERIMENTS:
@@ -228,10 +234,14 @@ def run_experiment(name, budget, out, data_name="mnist", log=print, data=None, m
     if models and name != "table1":
         raise ValueError("--models selects the rows of table1 only")
     runs = EXPERIMENTS[name](budget, data_name, **kwargs)
+    for run in runs:
+        run.cfg.data_label = data_label
     os.makedirs(out, exist_ok=True)
     command = f"python -m minidni experiment {name} --budget {budget} --data {data_name}" + (
         f" --models {','.join(models)}" if models else ""
     )
+    if data_label is not None:  # no command line makes these data
+        command = f"run_experiment({name!r}, {budget!r}, ...) on {data_label} data shaped like {data_name}"
 
     def write_summary(metrics):
         """results.json, table.md and the figure, from the runs finished so far (rewritten after each run)."""
@@ -248,13 +258,13 @@ def run_experiment(name, budget, out, data_name="mnist", log=print, data=None, m
             for run in done
         ]
         status = "all runs done" if len(done) == len(runs) else f"{len(done)} of {len(runs)} runs done so far"
-        summary = SUMMARIES[name](rows, metrics, out, data_name)
+        summary = SUMMARIES[name](rows, metrics, out, data_label or data_name)
         report = {"experiment": name, "budget": budget, "command": command, "complete": len(done) == len(runs)}
         atomic_write(os.path.join(out, "results.json"), json.dumps({**report, "rows": rows}, indent=2))
         atomic_write(os.path.join(out, "table.md"), f"`{command}` ({status})\n\n" + summary)
         return rows, summary
 
-    metrics = run_all(runs, out, log, data, after_each=write_summary, jobs=jobs)
+    metrics = run_all(runs, out, log, data, after_each=write_summary, jobs=jobs, threads=threads)
     rows, summary = write_summary(metrics)
     log(summary)
     return rows

@@ -38,6 +38,7 @@ from minidni.data.checkpoint import atomic_write
 from minidni.recurrent.multinet import MultiNetConfig, train_multinet
 from minidni.runs.plots import pyplot, save_figure
 from minidni.runs.rnn_train import RNNConfig, read_metrics, train_rnn
+from minidni.runs.threads import DEFAULT_THREADS, use_blas_threads
 
 BUDGETS = ("smoke", "short", "paper")
 RNN_EXPERIMENTS = ("copy", "repeat_copy", "charlm", "multinet")
@@ -179,16 +180,15 @@ def _train_one(run, log, resume):
 
 
 def _train_in_worker(run, resume):
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):  # jobs runs share the cores instead of fighting over them
+    with use_blas_threads(1):  # jobs runs share the cores instead of fighting over them
         return _train_one(run, lambda msg: print(f"    [{run.name}] {msg}", file=sys.stderr, flush=True), resume)
 
 
 def run_experiment(name, budget, out, log=print, jobs=1, text="shakespeare", seeds=(0,), truncations=None,
-                   modes=None):  # fmt: skip
+                   modes=None, threads=DEFAULT_THREADS):  # fmt: skip
     """Run experiment `name` under `budget` into `out`; returns {run name: result}. truncations, modes: a subset of
-    the copy tasks' grid."""
+    the copy tasks' grid. jobs > 1 trains that many runs at once with one BLAS thread each; jobs = 1 one run at a
+    time with `threads`."""
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     runs = make_runs(name, budget, text, seeds, truncations, modes)
@@ -205,6 +205,8 @@ def run_experiment(name, budget, out, log=print, jobs=1, text="shakespeare", see
     results, pending = {}, []
     for run in runs:
         run.cfg.out = os.path.join(out, "runs", run.name)
+        if hasattr(run.cfg, "threads"):  # train_rnn applies it; the two-timescale runs run under the limit below
+            run.cfg.threads = threads if jobs == 1 else 1
         done = _result(run.cfg.out)
         if done is not None:
             results[run.name] = done
@@ -225,7 +227,8 @@ def run_experiment(name, budget, out, log=print, jobs=1, text="shakespeare", see
     if jobs == 1:
         for run, resume in pending:
             log(f"{run.name}: {'resuming' if resume else 'training'}")
-            results[run.name] = _train_one(run, lambda msg: log(f"    {msg}"), resume)
+            with use_blas_threads(threads):
+                results[run.name] = _train_one(run, lambda msg: log(f"    {msg}"), resume)
             summarise()
     else:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked BLAS threads
@@ -310,8 +313,9 @@ def summarise_charlm(runs, results, out):
             f"{cfg.batch} streams at most (early stopping on validation). Bits per character. Paper: {PAPER_PTB}."
         ),
         "",
-        "| mode | seed | best validation BPC | at update | test BPC (best model) | updates run | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | seed | best validation BPC | at update | test BPC (best-validation model) | test BPC (final model) | "
+        "updates run | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -322,8 +326,10 @@ def summarise_charlm(runs, results, out):
         curve = [r for r in m if "valid_bpc" in r]
         final = m[-1]
         best_at = min(curve, key=lambda r: r["valid_bpc"])["update"] if curve else "-"
+        final_test = f"{final['final_test_bpc']:.3f}" if "final_test_bpc" in final else "-"  # runs before 0.3
         lines.append(f"| {run.key['mode']} | {run.cfg.seed} | {final['best_valid_bpc']:.3f} | {best_at} | "
-                     f"{final['test_bpc']:.3f} | {final['update']} | {final['seconds']:.0f} |")  # fmt: skip
+                     f"{final['test_bpc']:.3f} | {final_test} | {final['update']} | "
+                     f"{final['seconds']:.0f} |")  # fmt: skip
         label = run.key["mode"] + (f" (seed {run.cfg.seed})" if len({r.cfg.seed for r in runs}) > 1 else "")
         ax.plot([r["update"] for r in curve], [r["valid_bpc"] for r in curve], marker=".", label=label)
     ax.set(xlabel="updates (chunks of T = 5 characters)", ylabel="validation bits/char", title="BPTT vs DNI, T = 5")

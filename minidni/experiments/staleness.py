@@ -21,6 +21,7 @@ import numpy as np
 
 from minidni.data.checkpoint import atomic_write, read_jsonl
 from minidni.parallel.speedup import MODEL, SPLIT
+from minidni.runs.threads import DEFAULT_THREADS
 
 DELAYS = (0, 1, 2, 4, 8, 16)
 BUDGETS = {
@@ -45,9 +46,9 @@ BUDGETS = {
 }
 
 
-def run(out, budget="short", seeds=(0,), log=print):
-    """Train every (delay, seed) of the budget (and one asynchronous run per seed); write results.json and
-    staleness.png; returns the results."""
+def run(out, budget="short", seeds=(0,), log=print, threads=DEFAULT_THREADS):
+    """Train every (delay, seed) of the budget (and one asynchronous run per seed), each worker with `threads` BLAS
+    threads; write results.json and staleness.png; returns the results."""
     from minidni.parallel.workers import train_in_workers
     from minidni.runs.train import TrainConfig
 
@@ -67,7 +68,7 @@ def run(out, budget="short", seeds=(0,), log=print):
                 cfg = TrainConfig(
                     data=b["data"], model=MODEL, hidden=b["hidden"], split=SPLIT, mode="cdni", epochs=b["epochs"],
                     batch=b["batch"], train_subset=b["train_subset"], seed=seed, workers=b["workers"], delay=delay,
-                    out=run_dir, progress=False,
+                    out=run_dir, progress=False, threads=threads,
                 )  # fmt: skip
                 log(f"{name}: training")
                 train_in_workers(cfg, log=lambda _msg: None)

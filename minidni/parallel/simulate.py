@@ -461,15 +461,20 @@ def plot_schedules(runs, path, title=None, warmup=1, simulated=None):
     if not runs:
         raise ValueError("plot_schedules needs at least one run: {label: events}")
     plt = pyplot()
-    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 1.0 + 1.6 * len(runs)), sharex=True, squeeze=False)
+    # one row per run and a last, empty row for the key, where it covers no bar
+    fig, axes = plt.subplots(len(runs) + 1, 1, figsize=(11, 1.4 + 1.6 * len(runs)), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.6] * len(runs) + [0.3]})  # fmt: skip
     n_blocks = 1 + max(e.block for events in runs.values() for e in events)
-    for ax, (label, events) in zip(axes[:, 0], runs.items()):
+    for ax in axes[1:-1, 0]:
+        ax.sharex(axes[0, 0])
+    for ax, (label, events) in zip(axes[:-1, 0], runs.items()):
         how = "simulated" if simulated is None or label in simulated else "measured"
         title_row = f"{label} ({how}, one worker per block)"
         if len(done_times(events)) > warmup:
             title_row += f": {step_time(events, warmup) * 1e3:.3g} ms/step after {warmup} warm-up step(s)"
         draw_timeline(ax, events, title_row, n_blocks)
-    axes[-1, 0].legend(handles=legend_handles(), loc="lower right", fontsize=7, ncol=5)
+    axes[-1, 0].axis("off")
+    axes[-1, 0].legend(handles=legend_handles(), loc="center", fontsize=7, ncol=5, frameon=False)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)

@@ -192,14 +192,14 @@ def _echo(ping, pong, n):
 def train_run(out, log, threads=1, **fields):
     """`python -m minidni train` in a fresh process with `threads` BLAS threads per process; returns its metrics,
     the checkpoint's record of the workers and the wall time of its epochs."""
-    args = [sys.executable, "-m", "minidni", "train", "--out", out, "--no-progress"]
+    args = [sys.executable, "-m", "minidni", "train", "--out", out, "--no-progress", "--threads", str(threads)]
     for k, v in fields.items():
         if v is True:
             args.append(f"--{k.replace('_', '-')}")
         elif v is not None and v is not False:
             args += [f"--{k.replace('_', '-')}", str(v)]
-    env = {**os.environ, **{k: str(threads) for k in BLAS_ENV}}
-    log(f"  $ {' '.join(args[1:])}  (BLAS threads: {threads})")
+    env = {**os.environ, **{k: str(threads) for k in BLAS_ENV}}  # and the same from the start of the process
+    log(f"  $ {' '.join(args[1:])}")
     done = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the run {out} failed:\n{done.stderr[-3000:]}")

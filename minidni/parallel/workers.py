@@ -59,6 +59,7 @@ from minidni.data.checkpoint import atomic_write, restore_arrays, save_checkpoin
 from minidni.core.optim import StepSchedule
 from minidni.dni.steps import output_loss
 from minidni.parallel.faults import crash_plan, fail_here, refuse_in_threads
+from minidni.runs.threads import use_blas_threads
 from minidni.runs.timeline import Event
 
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -488,7 +489,8 @@ def _process_main(i, cfg, queues, abort, done, barrier, plan, data):
     coordinator = os.getppid()
     try:
         link = QueueLink(i, queues, abort, cfg.wait_timeout, alive=lambda: os.getppid() == coordinator)
-        result = run_block(i, cfg, link, plan, data, lambda: barrier.wait(cfg.wait_timeout))
+        with use_blas_threads(cfg.threads):  # the child started with one thread (BLAS_ENV): now the run's count
+            result = run_block(i, cfg, link, plan, data, lambda: barrier.wait(cfg.wait_timeout))
         done.put(("result", i, result))
     except BaseException as err:  # noqa: BLE001  (sent to the coordinator, which names the block)
         if isinstance(err, threading.BrokenBarrierError):
@@ -526,7 +528,13 @@ def run_mpi(cfg, plan, n_blocks, comm, data):
 
 
 def train_in_workers(cfg, log=print, data=None):
-    """train.train for cfg.workers set: returns the per-epoch metrics (an empty list on MPI ranks other than 0)."""
+    """train.train for cfg.workers set: returns the per-epoch metrics (an empty list on MPI ranks other than 0).
+    Every worker's matrix products use cfg.threads BLAS threads (thread workers share that one pool)."""
+    with use_blas_threads(cfg.threads):
+        return _train_in_workers(cfg, log, data)
+
+
+def _train_in_workers(cfg, log, data):
     from minidni.runs import train as T
 
     comm = None
@@ -676,11 +684,13 @@ def assemble(cfg, net, plan, results, data, log=print):
             staleness, os.path.join(out, "staleness.png"), title=f"{cfg.model} {cfg.mode}: {_schedule_name(cfg)}"
         )
     if cfg.timeline:
-        from minidni.runs.timeline import plot_timeline
+        from minidni.runs.timeline import plot_timeline, write_chrome_trace
 
         events = connect([e for r in results for e in r["events"]], cfg.mode)
+        runs = {f"{cfg.model} {cfg.mode} in {cfg.workers} workers": events}
         atomic_write(os.path.join(out, T.TIMELINE + ".json"), json.dumps([dataclasses.asdict(e) for e in events]))
-        plot_timeline({f"{cfg.model} {cfg.mode}": events}, os.path.join(out, T.TIMELINE + ".png"),
+        write_chrome_trace(runs, os.path.join(out, T.TIMELINE + ".trace.json"))  # real concurrency, zoomable
+        plot_timeline(runs, os.path.join(out, T.TIMELINE + ".png"),
                       recorded=f"recorded in {len(results)} {cfg.workers} workers (real wall clock)")  # fmt: skip
     log(f"{samples} samples in {wall:.2f} s: {samples / wall:.0f} samples/s in {len(results)} {cfg.workers} workers")
     return metrics
@@ -709,14 +719,14 @@ def connect(events, mode):
 
 def plot_staleness(staleness, path, title=None):
     """Per hidden block: how many steps late each SG target was used (t - s), against the step t it was used."""
-    from minidni.runs.plots import pyplot, save_figure
+    from minidni.runs.plots import pyplot, save_figure, sg_module_name
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3))
     for block, pairs in staleness.items():
         t = np.array([p[0] for p in pairs])
         lag = np.array([p[0] - p[1] for p in pairs])
-        ax.plot(t, lag, ".", ms=2, label=f"M{int(block) + 1} (block {block}), mean {lag.mean():.2f}")
+        ax.plot(t, lag, ".", ms=2, label=f"{sg_module_name(int(block))}, mean {lag.mean():.2f}")
     ax.set(xlabel="step t at which the target is used", ylabel="staleness t - s (steps)", title=title or "staleness")
     ax.legend(fontsize=7)
     save_figure(fig, path)

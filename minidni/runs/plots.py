@@ -25,11 +25,75 @@ def _nan(value):
     return float("nan") if value is None else value
 
 
+# Every figure's words for the keys of metrics.jsonl (axis labels, panel titles): one table, so that no figure shows
+# a raw key. A title is the label without its parenthesis ("test error (%)" -> "test error").
+METRIC_LABELS = {
+    "epoch": "epoch",
+    "train_loss": "training loss (cross-entropy, epoch mean)",
+    "test_error_pct": "test error (%)",
+    "val_error_pct": "validation error (%)",
+    "test_loss": "test loss (cross-entropy)",
+    "sg_loss": "SG regression loss (epoch mean)",
+    "input_loss": "synthetic-input regression loss (epoch mean)",
+    "sg_cosine": "cos(dh_syn, dh_true)",
+}
+
+
+def metric_label(key):
+    """The words for a metric key: METRIC_LABELS, or the key with spaces for underscores if it is not there."""
+    return METRIC_LABELS.get(key, key.replace("_", " "))
+
+
+def metric_title(key):
+    return metric_label(key).split(" (")[0]
+
+
+def sg_module_name(i):
+    """The name every figure and log line gives the SG module that reads block i's output."""
+    return f"SG module after block {i}"
+
+
+def epoch_axis(ax, epochs):
+    """Whole-number epoch ticks; a run of one epoch gets limits of +-0.5 around it instead of matplotlib's +-4%."""
+    import matplotlib.ticker
+
+    epochs = [e for e in epochs if e is not None]
+    if epochs and min(epochs) == max(epochs):  # (MaxNLocator would fall back to 0.1 steps between 0.5 and 1.5)
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([epochs[0]]))
+        ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
+def _marker(n_points, many="."):
+    """A single point must be seen: a big marker then, a small one (or none) on a curve of many points."""
+    return "o" if n_points == 1 else many
+
+
+def log_axis(ax):
+    """Put ax's y axis on a log scale with enough labelled ticks (4 or more), written as plain numbers (0.2, 20;
+    not 2 x 10^1), however many decades the data spans: powers of 10 over several, 1-2-5 over a few, 1-9 within
+    one (and within a small factor, where these would be too few, matplotlib's LogLocator itself takes even linear
+    steps). Call it after everything is drawn: it reads the limits."""
+    from matplotlib import ticker
+
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    for subs in ((1.0,), (1.0, 2.0, 5.0), tuple(range(1, 10))):  # the sparsest set that gives 4 ticks or more
+        ticks = [t for t in ticker.LogLocator(subs=subs).tick_values(lo, hi) if lo <= t <= hi]
+        if len(ticks) >= 4:
+            break
+    ax.yaxis.set_major_locator(ticker.FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.6g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_ylim(lo, hi)
+
+
 def plot_learning_curves(metrics, path, title=None, paper_error=None):
     """Training loss, validation/test error and (if present) SG losses and gradient alignment per epoch.
 
     metrics: list of per-epoch dicts; paper_error: optional {label: test error %} drawn as labelled reference
-    lines (e.g. {"paper (Jaderberg et al.), cDNI FCN3": 2.2}).
+    lines (e.g. {"paper (Jaderberg et al.), cDNI FCN3": 2.2}). Returns the (closed) matplotlib Figure.
     """
     plt = pyplot()
     epochs = [m["epoch"] for m in metrics]
@@ -37,19 +101,21 @@ def plot_learning_curves(metrics, path, title=None, paper_error=None):
     has_align = any(m.get("sg_cosine") for m in metrics)
     ncols = 2 + has_sg + has_align
     fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.6))
+    small = _marker(len(epochs))  # "." on a curve, "o" for a single epoch
 
     ax = axes[0]
     ax.plot(epochs, [m["train_loss"] for m in metrics], marker="o")
-    ax.set(xlabel="epoch", ylabel="training loss (batch-mean CE)", yscale="log", title="training loss")
+    ax.set(xlabel=metric_label("epoch"), ylabel=metric_label("train_loss"), title=metric_title("train_loss"))
+    log_axis(ax)
 
     ax = axes[1]
     ax.plot(epochs, [m["test_error_pct"] for m in metrics], marker="o", label="test")
     if any(m.get("val_error_pct") is not None for m in metrics):
-        ax.plot(epochs, [m.get("val_error_pct") for m in metrics], marker=".", label="validation")
+        ax.plot(epochs, [_nan(m.get("val_error_pct")) for m in metrics], marker=small, label="validation")
     for label, value in (paper_error or {}).items():
         ax.axhline(value, ls="--", c="gray", lw=1)
         ax.annotate(label, (epochs[0], value), fontsize=7, color="gray", va="bottom")
-    ax.set(xlabel="epoch", ylabel="error %", title="classification error")
+    ax.set(xlabel=metric_label("epoch"), ylabel="classification error (%)", title="classification error")
     ax.legend(fontsize=8)
 
     col = 2
@@ -58,26 +124,29 @@ def plot_learning_curves(metrics, path, title=None, paper_error=None):
         col += 1
         n = len(metrics[-1]["sg_loss"])
         for i in range(n):  # None (no target in that epoch, under stochastic updates) is drawn as a gap
-            ax.plot(epochs, [_nan(m["sg_loss"][i]) for m in metrics], marker=".", label=f"M after block {i}")
+            ax.plot(epochs, [_nan(m["sg_loss"][i]) for m in metrics], marker=small, label=sg_module_name(i))
         if any(m.get("input_loss") for m in metrics):  # complete unlock: the synthetic-input models too
             for i in range(len(metrics[-1]["input_loss"])):
                 values = [_nan(m["input_loss"][i]) for m in metrics]
-                ax.plot(epochs, values, ls="--", marker=".", label=f"I of block {i + 1}")
-        ax.set(xlabel="epoch", ylabel="regression loss (epoch mean)", yscale="log", title="synthetic-gradient loss")
+                ax.plot(epochs, values, ls="--", marker=small, label=f"synthetic input of block {i + 1}")
+        ax.set(xlabel=metric_label("epoch"), ylabel=metric_label("sg_loss"), title="synthetic-gradient loss")
+        log_axis(ax)
         ax.legend(fontsize=8)
     if has_align:
         ax = axes[col]
         n = len(metrics[-1]["sg_cosine"])
         for i in range(n):
-            ax.plot(epochs, [m["sg_cosine"][i] for m in metrics], marker=".", label=f"block {i}")
-        ax.set(
-            xlabel="epoch", ylabel="cos(dh_syn, dh_true)", ylim=(-0.1, 1.0), title="gradient alignment (held-out batch)"
-        )
+            ax.plot(epochs, [m["sg_cosine"][i] for m in metrics], marker=small, label=sg_module_name(i))
+        ax.set(xlabel=metric_label("epoch"), ylabel=metric_label("sg_cosine"), ylim=(-0.1, 1.0),
+               title="gradient alignment (held-out batch)")  # fmt: skip
         ax.legend(fontsize=8)
+    for ax in axes:
+        epoch_axis(ax, epochs)
 
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
+    return fig
 
 
 def save_figure(fig, path):
@@ -93,12 +162,13 @@ def save_figure(fig, path):
 # gradient alignment over training, and several runs side by side
 
 
-def plot_alignment(steps, cosine, path, title=None, block_labels=None):
+def plot_alignment(steps, cosine, path, title=None, block_labels=None, xlabel="training step"):
     """Per-block cos(dh_syn, dh_true) over training: as curves (left) and as a heatmap (right), one figure.
 
-    steps: (T,) strictly increasing training steps (or epochs) at which the alignment was measured;
-    cosine: (T, n_blocks) array-like, cosine[t, i] = cos(dh_syn_i, dh_true_i) at steps[t] (NaN: not measured,
-    drawn as a gap); block_labels: n_blocks names for the legend and the heatmap's rows (default "block i").
+    steps: (T,) strictly increasing training steps (or epochs: pass xlabel="epoch") at which the alignment was
+    measured; cosine: (T, n_blocks) array-like, cosine[t, i] = cos(dh_syn_i, dh_true_i) at steps[t] (NaN: not
+    measured, drawn as a gap); block_labels: n_blocks names for the legend and the heatmap's rows (default
+    "SG module after block i", the module whose prediction dh_syn_i is).
     The heatmap uses a diverging colormap fixed to -1..1, so that 0 (orthogonal: no information) is white and the
     colours of two figures can be compared. Returns the (closed) matplotlib Figure, for inspection.
     """
@@ -118,7 +188,7 @@ def plot_alignment(steps, cosine, path, title=None, block_labels=None):
             f"a cosine must lie in [-1, 1] (NaN for 'not measured'), got values up to {np.abs(measured).max():.3g}"
         )
     n_blocks = cosine.shape[1]
-    labels = [f"block {i}" for i in range(n_blocks)] if block_labels is None else [str(b) for b in block_labels]
+    labels = [sg_module_name(i) for i in range(n_blocks)] if block_labels is None else list(map(str, block_labels))
     if len(labels) != n_blocks:
         raise ValueError(f"block_labels must name each of the {n_blocks} blocks, got {len(labels)} labels")
 
@@ -126,9 +196,10 @@ def plot_alignment(steps, cosine, path, title=None, block_labels=None):
     fig, (ax_curves, ax_map) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1.15]})
     for i in range(n_blocks):  # lower blocks lighter, the top block darkest
         shade = plt.cm.viridis(0.85 * (1 - i / max(n_blocks - 1, 1)))
-        ax_curves.plot(steps, cosine[:, i], marker="." if steps.size <= 60 else None, color=shade, label=labels[i])
+        marker = _marker(steps.size, "." if steps.size <= 60 else None)
+        ax_curves.plot(steps, cosine[:, i], marker=marker, color=shade, label=labels[i])
     ax_curves.axhline(0, c="gray", lw=0.8)
-    ax_curves.set(xlabel="training step", ylabel="cos(dh_syn, dh_true)", ylim=(-1.05, 1.05), title="per block")
+    ax_curves.set(xlabel=xlabel, ylabel=metric_label("sg_cosine"), ylim=(-1.05, 1.05), title="per block")
     ax_curves.legend(fontsize=7, loc="lower right")
 
     # cell edges halfway between measurements, so that unevenly spaced steps are drawn where they were taken
@@ -139,32 +210,23 @@ def plot_alignment(steps, cosine, path, title=None, block_labels=None):
         edges = np.array([steps[0] - 0.5, steps[0] + 0.5])
     mesh = ax_map.pcolormesh(edges, np.arange(n_blocks + 1) - 0.5, cosine.T, cmap="RdBu_r", vmin=-1, vmax=1)
     ax_map.set_yticks(range(n_blocks), labels, fontsize=7)  # row 0 (the lowest block) at the bottom
-    ax_map.set(xlabel="training step", title="heatmap (white = orthogonal)")
-    fig.colorbar(mesh, ax=ax_map, label="cos(dh_syn, dh_true)")
+    ax_map.set(xlabel=xlabel, title="heatmap (white = orthogonal)")
+    fig.colorbar(mesh, ax=ax_map, label=metric_label("sg_cosine"))
+    for ax in (ax_curves, ax_map):
+        if np.all(steps == np.round(steps)):  # whole steps or epochs: whole-number ticks (one step: +-0.5 around it)
+            epoch_axis(ax, steps.tolist())
+        elif steps.size == 1:
+            ax.set_xlim(steps[0] - 0.5, steps[0] + 0.5)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
     return fig
 
 
-METRIC_TITLES = {
-    "train_loss": "training loss (epoch mean)",
-    "test_error_pct": "test error %",
-    "val_error_pct": "validation error %",
-    "test_loss": "test loss",
-}
-
-
 def _run_color(label, run_labels, palette):
     """The colour of the run whose label appears as a whole word in `label` (the longest such), else None."""
     named = [r for r in run_labels if re.search(rf"(?<![\w-]){re.escape(r)}(?![\w-])", label, re.IGNORECASE)]
     return palette[max(named, key=len)] if named else None
-
-
-def _label_2_and_5(value, _):
-    """Minor tick labels of a log axis: only 2 x 10^k and 5 x 10^k, so that the labels do not collide."""
-    mantissa = value / 10 ** np.floor(np.log10(value))
-    return f"{value:g}" if np.isclose(mantissa, 2) or np.isclose(mantissa, 5) else ""
 
 
 def plot_runs(runs, path, metric_keys=("train_loss", "test_error_pct"), paper=None, title=None):
@@ -208,12 +270,13 @@ def plot_runs(runs, path, metric_keys=("train_loss", "test_error_pct"), paper=No
 
     has_sg = any(n_sg(records) for records in runs.values())
     plt = pyplot()
-    import matplotlib.ticker
+    from matplotlib.lines import Line2D
 
     ncols = len(metric_keys) + has_sg
     fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols, 3.8), squeeze=False)
     axes = axes[0]
     palette = {label: f"C{k % 10}" for k, label in enumerate(runs)}
+    all_epochs = [r["epoch"] for records in runs.values() for r in records]
 
     for ax, key in zip(axes, metric_keys):
         positive = True
@@ -221,7 +284,7 @@ def plot_runs(runs, path, metric_keys=("train_loss", "test_error_pct"), paper=No
             epochs = [r["epoch"] for r in records]
             values = np.array([_nan(r[key]) for r in records], dtype=float)
             positive &= bool(np.all(values[np.isfinite(values)] > 0))
-            ax.plot(epochs, values, marker=".", color=palette[label], label=label)
+            ax.plot(epochs, values, marker=_marker(len(epochs)), color=palette[label], label=label)
         ax.legend(fontsize=7)
         if key == "test_error_pct" and paper:
             refs = [
@@ -230,29 +293,29 @@ def plot_runs(runs, path, metric_keys=("train_loss", "test_error_pct"), paper=No
             ]
             ax.add_artist(ax.get_legend())  # keep the runs' legend; the reference lines get their own, below
             ax.legend(handles=refs, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.24), frameon=False)
+        ax.set(xlabel=metric_label("epoch"), ylabel=metric_label(key), title=metric_title(key))
         if positive and ("loss" in key or "error" in key):
-            ax.set_yscale("log")  # losses and errors of a learning run span decades
-            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 20, not 2 x 10^1
-            ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_label_2_and_5))
-        ax.set(xlabel="epoch", ylabel=key, title=METRIC_TITLES.get(key, key))
+            log_axis(ax)  # losses and errors of a learning run span decades
     for ax in axes:
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole numbers
+        epoch_axis(ax, all_epochs)
 
-    if has_sg:
+    if has_sg:  # colour: the run; line style and marker: the block whose SG module it is (a legend entry each)
         ax = axes[-1]
-        handles, names = [], []  # one legend entry per run: blocks x runs entries would not fit
+        styles = [(ls, marker) for ls, marker in zip(("-", "--", ":", "-.") * 2, "osv^DPX*")]  # 8 blocks apart
+        n_max = max(n_sg(records) for records in runs.values())
         for label, records in runs.items():
             n = n_sg(records)
-            for i in range(n):  # lower blocks lighter; None (no target that epoch) and missing epochs are gaps
+            for i in range(n):  # None (no target that epoch) and missing epochs are gaps
                 values = [_nan((r.get("sg_loss") or [None] * n)[i]) for r in records]
-                alpha = 0.3 + 0.7 * (i + 1) / n
-                (line,) = ax.plot([r["epoch"] for r in records], values, marker=".", color=palette[label],
-                                  alpha=alpha, label=f"{label}: M after block {i}")  # fmt: skip
-            if n:
-                handles.append(line)  # the top module's line
-                names.append(label + (f" (blocks 0-{n - 1}, lower lighter)" if n > 1 else ""))
-        ax.set(xlabel="epoch", ylabel="regression loss (epoch mean)", yscale="log", title="synthetic-gradient loss")
-        ax.legend(handles, names, fontsize=7)
+                ls, marker = styles[i % len(styles)]
+                ax.plot([r["epoch"] for r in records], values, color=palette[label], ls=ls, marker=marker, ms=4,
+                        label=f"{label}: {sg_module_name(i)}")  # fmt: skip
+        handles = [Line2D([], [], color=palette[label], label=label) for label, rs in runs.items() if n_sg(rs)]
+        handles += [Line2D([], [], color="gray", ls=ls, marker=marker, ms=4, label=sg_module_name(i))
+                    for i, (ls, marker) in zip(range(n_max), styles * n_max)]  # fmt: skip
+        ax.set(xlabel=metric_label("epoch"), ylabel=metric_label("sg_loss"), title="synthetic-gradient loss")
+        log_axis(ax)
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside: no line hidden
     if title:
         fig.suptitle(title)
     save_figure(fig, path)

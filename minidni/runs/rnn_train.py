@@ -47,6 +47,7 @@ from minidni.core.optim import make_optimizer
 from minidni.recurrent.cells import CELLS, RecurrentNet, make_cell
 from minidni.recurrent.truncated import MODES, TruncatedTrainer
 from minidni.dni.synthetic import make_synthetic_gradient
+from minidni.runs.threads import DEFAULT_THREADS, check_threads, use_blas_threads
 from minidni.recurrent.tasks import (
     TASKS,
     Curriculum,
@@ -96,6 +97,7 @@ class RNNConfig:
     checkpoint_every: float = 60.0  # seconds between checkpoints
     out: str = "runs/rnn"
     data_dir: str = None
+    threads: int = DEFAULT_THREADS  # BLAS threads for the matrix products (minidni.runs.threads: why 1 by default)
 
     def validate(self):
         """Raise ValueError naming the first bad field and what was expected."""
@@ -120,6 +122,7 @@ class RNNConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
+        check_threads(self.threads)
         if self.context and self.task != "charlm":
             raise ValueError("context (a cDNI-style SG module) is defined for the charlm task only")
         if self.sg_discount is not None and not 0 <= self.sg_discount <= 1:
@@ -190,7 +193,7 @@ def _start(cfg, resume, log):
             with open(config_path) as f:
                 saved = json.load(f)
             budget = ("episodes", "updates", "log_every", "eval_every", "checkpoint_every", "patience", "out",
-                      "data_dir")  # fmt: skip
+                      "data_dir", "threads")  # fmt: skip
             diffs = [k for k, v in dataclasses.asdict(cfg).items() if k not in budget and saved.get(k) != v]
             if diffs:
                 detail = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in diffs)
@@ -377,23 +380,30 @@ def train_charlm(cfg, resume=False, log=print, corpus=None):
             checkpoint()
             last_save = time.perf_counter()
     checkpoint()
-    # the test BPC of the best model (early stopping)
+    # Test BPC by two rules, side by side: the model as training left it, and the best-validation model (early
+    # stopping; the one the tables report). Validation and test are different text, so the two can disagree.
+    test = test_ids[: cfg.eval_chars + 1]
+    test_batch = min(32, max(1, (len(test) - 1) // 100))  # as for validation
+    final_test_bpc = evaluate_bpc(trainer.net, test, batch=test_batch)
     best_path = os.path.join(cfg.out, BEST)
     if os.path.exists(best_path):
         _restore(best_path, trainer)
-    test = test_ids[: cfg.eval_chars + 1]
-    test_bpc = evaluate_bpc(trainer.net, test, batch=min(32, max(1, (len(test) - 1) // 100)))  # as for validation
+    test_bpc = evaluate_bpc(trainer.net, test, batch=test_batch)
     metrics.append({"update": update, "final": True, "best_valid_bpc": best, "test_bpc": test_bpc,
+                    "final_test_bpc": final_test_bpc,
                     "stopped_early": bad_evals >= cfg.patience and update < cfg.updates,
                     "seconds": round(seconds, 2)})  # fmt: skip
     _write_metrics(cfg.out, metrics)
-    log(f"charlm {cfg.mode} T={cfg.T}: best validation {best:.3f}, test {test_bpc:.3f} bits/char")
+    log(f"charlm {cfg.mode} T={cfg.T}: best validation {best:.3f}; test {test_bpc:.3f} bits/char (best-validation "
+        f"model), {final_test_bpc:.3f} (final model)")
     return metrics
 
 
 def train_rnn(cfg, resume=False, log=print, corpus=None):
-    """Train one recurrent run as configured (copy, repeat_copy or charlm); returns its metric records."""
+    """Train one recurrent run as configured (copy, repeat_copy or charlm); returns its metric records. The matrix
+    products use cfg.threads BLAS threads for the run (the limit before it is restored after)."""
     cfg.validate()
-    if cfg.task == "charlm":
-        return train_charlm(cfg, resume=resume, log=log, corpus=corpus)
-    return train_copy(cfg, resume=resume, log=log)
+    with use_blas_threads(cfg.threads):
+        if cfg.task == "charlm":
+            return train_charlm(cfg, resume=resume, log=log, corpus=corpus)
+        return train_copy(cfg, resume=resume, log=log)

@@ -45,17 +45,21 @@ from minidni.dni.feedback import SIGNALS, FeedbackNetwork, build_feedback_networ
 from minidni.core.optim import StepSchedule
 from minidni.runs.plots import plot_learning_curves
 from minidni.dni.stochastic import check_p_update
-from minidni.runs.timeline import Timeline, plot_timeline
+from minidni.runs.threads import DEFAULT_THREADS, check_threads, use_blas_threads
+from minidni.runs.timeline import Timeline, plot_timeline, write_chrome_trace
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 CURVES = "curves.png"
-TIMELINE = "timeline"  # --timeline N: timeline.json (the events) and timeline.png (their Gantt chart)
+TIMELINE = "timeline"  # --timeline N: timeline.json (the events), timeline.png (their Gantt chart) and
+#                        timeline.trace.json (the Chrome trace event format: open it in ui.perfetto.dev)
 
 # configuration fields that may change when a run is resumed; everything else must match the checkpoint
 # (max_inflight and wait_timeout are read only by a run in workers, which cannot be resumed)
-RESUMABLE_CHANGES = ("epochs", "out", "progress", "data_dir", "kernels", "timeline", "max_inflight", "wait_timeout")
+RESUMABLE_CHANGES = (
+    "epochs", "out", "progress", "data_dir", "kernels", "timeline", "max_inflight", "wait_timeout", "threads"
+)
 KERNELS = ("auto", "fused", "unfused", "emulator")
 WORKERS = ("process", "thread", "mpi")  # where a run's blocks can live: minidni.parallel.workers
 TRAIN_MODES = MODES + ("feedback",)  # feedback: minidni.dni.feedback's per-block error signals (bp, fa, dfa, sg)
@@ -66,6 +70,8 @@ DEFAULT_VAL_SIZE = {"mnist": 5000, "fashion-mnist": 5000, "cifar10": 5000, "spir
 @dataclasses.dataclass
 class TrainConfig:
     data: str = "mnist"  # mnist | fashion-mnist | cifar10 (needs its archive) | spirals (2-D points, FCNs only)
+    data_label: str = None  # what the data are called in logs, titles and tables when train() is given arrays
+    #                         (data=) that are not cfg.data itself but shaped like it, e.g. "stand-in" (None: data)
     model: str = "fcn3"  # "fcnN": N-1 hidden blocks (Linear -> BN -> ReLU) + a linear output layer;
     #                      "cnnN": N-1 conv blocks (5x5 conv -> BN -> ReLU -> max pool) + a linear output layer
     mode: str = "cdni"  # bprop | nobprop | dni | cdni | feedback (an error-signal strategy per block: `signals`)
@@ -114,6 +120,7 @@ class TrainConfig:
     wait_timeout: float = 120.0  # workers: seconds any worker waits for a message before it gives up (no hangs)
     kernels: str = "auto"  # how the step runs: auto (fused CUDA kernels on a GPU for dni/cdni, else the engine's
     #                        own ops) | fused | unfused | emulator (the CUDA kernels on the CPU emulator: slow)
+    threads: int = DEFAULT_THREADS  # BLAS threads for the matrix products (minidni.runs.threads: why 1 by default)
 
     def validate(self):
         """Raise ValueError naming the first bad field and what was expected."""
@@ -171,6 +178,9 @@ class TrainConfig:
             raise ValueError(
                 f"lr_decay_at must hold fractions of the run strictly between 0 and 1, got {self.lr_decay_at}"
             )
+        check_threads(self.threads)
+        if self.data_label is not None and not (isinstance(self.data_label, str) and self.data_label.strip()):
+            raise ValueError(f"data_label must be a non-empty name or None, got {self.data_label!r}")
         if self.kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
         if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
@@ -470,7 +480,8 @@ def _check_resumable(cfg, meta):
 
 
 def train(cfg, resume=False, log=print, data=None):
-    """Train as configured; returns the list of per-epoch metrics. `data` (the tuple of load_data) skips loading."""
+    """Train as configured; returns the list of per-epoch metrics. `data` (the tuple of load_data) skips loading.
+    The matrix products use cfg.threads BLAS threads for the run (the limit before it is restored after)."""
     cfg.validate()
     if cfg.workers is not None:  # the parallel layer, above this one, trains such a run
         raise ValueError(
@@ -478,6 +489,14 @@ def train(cfg, resume=False, log=print, data=None):
             "minidni.parallel.workers.train_in_workers(cfg) (python -m minidni train --workers picks it); "
             "train() runs every block in this process"
         )
+    if cfg.data_label is not None and data is None:
+        raise ValueError(f"data_label={cfg.data_label!r} names arrays passed as train(cfg, data=...); without them "
+                         f"the run loads {cfg.data!r} itself and is called that")  # fmt: skip
+    with use_blas_threads(cfg.threads):
+        return _train(cfg, resume, log, data)
+
+
+def _train(cfg, resume, log, data):
     out = cfg.out
     ckpt_path = os.path.join(out, CHECKPOINT)
     if not resume and (os.path.exists(ckpt_path) or os.path.exists(os.path.join(out, METRICS))):
@@ -492,7 +511,8 @@ def train(cfg, resume=False, log=print, data=None):
         check_labels(y, N_CLASSES[cfg.data])  # one read per set (minidni.cuda.ops)
     net = build_from_config(cfg, x_tr.shape[1:], N_CLASSES[cfg.data])
     chosen, kernel_record = attach_kernels(net, cfg.kernels, cfg.batch, log)
-    log(f"training step: {chosen} ({backend_name()} backend)")
+    if backend_name() != "numpy" or cfg.kernels != "auto":  # the plain NumPy step needs no announcement
+        log(f"training step: {chosen} ({backend_name()} backend)")
     shuffle_rng = np.random.default_rng([cfg.seed, 1])  # separate from the init RNG, saved in checkpoints
     # the held-out batch for --diagnostics: the first `batch` validation rows - of the training batch size,
     # because a gradient of a batch-mean loss scales with 1/B, and never training rows, which the SG modules
@@ -537,7 +557,7 @@ def train(cfg, resume=False, log=print, data=None):
 
     log(
         f"training {cfg.model} ({cfg.mode}{', sg=' + cfg.sg if cfg.mode in ('dni', 'cdni') else ''}"
-        f"{', signals=' + cfg.signals if cfg.signals else ''}) on {cfg.data}: "
+        f"{', signals=' + cfg.signals if cfg.signals else ''}) on {cfg.data_label or cfg.data}: "
         f"{x_tr.shape[0]} train / {x_val.shape[0]} val / {x_te.shape[0]} test rows, {n_batches} steps per epoch"
     )
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -561,7 +581,8 @@ def train(cfg, resume=False, log=print, data=None):
         arrays, meta = network_state(net, shuffle_rng, epoch, step, milestones, cfg)
         save_checkpoint(ckpt_path, arrays, meta)
         log(epoch_summary(record))
-        plot_learning_curves(metrics, os.path.join(out, CURVES), title=f"{cfg.model} {cfg.mode} on {cfg.data}")
+        plot_learning_curves(metrics, os.path.join(out, CURVES),
+                             title=f"{cfg.model} {cfg.mode} on {cfg.data_label or cfg.data}")  # fmt: skip
     if after_step is not None:
         after_step(last=True)  # a run shorter than --timeline steps still writes what it recorded
     return metrics
@@ -578,8 +599,10 @@ def _timeline_recorder(net, cfg, step):
     def after_step(last=False):
         if net.timeline is not None and (timeline.steps >= cfg.timeline or last):
             net.record_timeline(None)
+            runs = {f"{cfg.model} {cfg.mode}": timeline.events}
             atomic_write(os.path.join(cfg.out, TIMELINE + ".json"), timeline.to_json())
-            plot_timeline({f"{cfg.model} {cfg.mode}": timeline.events}, os.path.join(cfg.out, TIMELINE + ".png"))
+            write_chrome_trace(runs, os.path.join(cfg.out, TIMELINE + ".trace.json"))  # the warm-up step marked
+            plot_timeline(runs, os.path.join(cfg.out, TIMELINE + ".png"))  # the warm-up step left out
 
     return after_step
 
