@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minidni.data.checkpoint import load_checkpoint, save_checkpoint
-from minidni.runs.rnn_train import RNNConfig, train_rnn
+from minidni.runs.rnn_train import RNNConfig
 from minidni.runs.threads import DEFAULT_THREADS, blas_threads, check_threads, use_blas_threads
 from minidni.runs.train import CHECKPOINT, CONFIG, TrainConfig, read_metrics, train
 
@@ -46,10 +46,9 @@ def test_use_blas_threads_limits_and_restores():
 
 @needs_blas
 def test_a_run_trains_with_its_threads_and_records_them(tmp_path, monkeypatch):
-    seen = []
     import minidni.runs.train as T
 
-    real = T._train_epoch
+    seen, real = [], T._train_epoch
 
     def spy(*args, **kwargs):  # the BLAS limit while the epoch trains
         seen.append(blas_threads())
@@ -72,9 +71,13 @@ def test_a_run_trains_with_its_threads_and_records_them(tmp_path, monkeypatch):
 def test_a_recurrent_run_trains_with_its_threads(tmp_path, monkeypatch):
     import minidni.runs.rnn_train as R
 
-    seen = []
-    real = R.train_copy
-    monkeypatch.setattr(R, "train_copy", lambda cfg, **kw: (seen.append(blas_threads()), real(cfg, **kw))[1])
+    seen, real = [], R.train_copy
+
+    def spy(cfg, **kwargs):  # the BLAS limit while the copy task trains
+        seen.append(blas_threads())
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(R, "train_copy", spy)
     with use_blas_threads(2):
         R.train_rnn(RNNConfig(task="copy", mode="bptt", hidden=8, batch=4, episodes=3, log_every=1, max_level=2,
                               out=str(tmp_path / "rnn")), log=lambda _m: None)  # fmt: skip
@@ -82,7 +85,6 @@ def test_a_recurrent_run_trains_with_its_threads(tmp_path, monkeypatch):
     assert seen == [1]
     with open(tmp_path / "rnn" / "config.json") as f:
         assert json.load(f)["threads"] == 1
-    assert callable(train_rnn)
 
 
 def test_a_checkpoint_from_before_the_threads_field_resumes(tmp_path):

@@ -281,7 +281,8 @@ def _spread(values):
     return f"{np.mean(values):.2f} ({min(values):.2f}-{max(values):.2f}, {len(values)} seeds)"
 
 
-def _paper(model, mode):
+def paper_cell(model, mode):
+    """The paper's Table 1 test error for a table's cell: "2.0", "1.9 (recalled)", or "-" where it has none."""
     value = PAPER_TABLE1.get(model, {}).get(mode)
     if value is None:
         return "-"
@@ -304,7 +305,7 @@ def summarise_table1(rows, metrics, out, data_name):
         cells = []
         for mode in MODES:
             ours = _spread(by[(model, mode)]) if (model, mode) in by else "-"
-            cells += [ours, _paper(model, mode) if data_name == "mnist" else "-"]
+            cells += [ours, paper_cell(model, mode) if data_name == "mnist" else "-"]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     _plot_table1(by, models, os.path.join(out, "table1.png"), data_name)
     return "\n".join(lines) + "\n"

@@ -39,10 +39,19 @@ import os
 import numpy as np
 
 from minidni.data.checkpoint import atomic_write
-from minidni.experiments.feedforward import PAPER_TABLE1, PAPER_VERIFIED, Run, run_all
+from minidni.experiments.feedforward import Run, paper_cell, run_all
 from minidni.runs.plots import pyplot, save_figure
 from minidni.runs.threads import DEFAULT_THREADS
-from minidni.runs.timeline import COLOURS, Timeline, draw_timeline, earliest_schedule, legend_handles, makespan
+from minidni.runs.timeline import (
+    COLOURS,
+    Timeline,
+    draw_timeline,
+    earliest_schedule,
+    legend_handles,
+    makespan,
+    warmup_steps_of,
+    without_steps,
+)
 from minidni.runs.train import TIMELINE, TrainConfig, load_data
 
 MODES = ("nobprop", "bprop", "dni", "cdni")
@@ -102,9 +111,8 @@ def summary_row(run, metrics):
            "epochs": last["epoch"], "seconds_per_epoch": float(np.median([m["seconds"] for m in metrics]))}  # fmt: skip
     if last.get("sg_cosine"):  # dni, cdni: mean over the modules of cos(dh_syn, dh_true) after the last epoch
         row["sg_cosine"] = float(np.mean(last["sg_cosine"]))
-    paper = PAPER_TABLE1.get(run.cfg.model, {}).get(run.cfg.mode)
-    if paper is not None and run.cfg.data == "mnist":
-        row["paper"] = f"{paper}" + ("" if (run.cfg.model, run.cfg.mode) in PAPER_VERIFIED else " (recalled)")
+    if run.cfg.data == "mnist":  # the paper's numbers are MNIST's
+        row["paper"] = paper_cell(run.cfg.model, run.cfg.mode)
     return row
 
 
@@ -131,12 +139,7 @@ def recorded_steps(run_dir):
         return None
     with open(path, encoding="utf-8") as f:
         events = Timeline.events_from_json(f.read())
-    first = min(e.step for e in events)
-    kept = [e for e in events if e.step >= first + WARMUP_STEPS]
-    ids = {e.id for e in kept}
-    for e in kept:  # a dependency on the dropped step (none in these steps) would not be drawable
-        e.needs = tuple(n for n in e.needs if n in ids)
-    return kept or None
+    return without_steps(events, warmup_steps_of(events, WARMUP_STEPS)) or None
 
 
 def plot_modes(runs, metrics, path, title=None):
