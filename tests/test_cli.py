@@ -20,6 +20,7 @@ from minidni.runs import train as train_module
 from minidni.data.checkpoint import load_checkpoint
 from minidni.cli import HelpFormatter, build_parser, main
 from minidni.runs.threads import DEFAULT_THREADS
+from minidni.runs.train import TrainConfig
 
 TINY = ["--data", "spirals", "--model", "fcn3", "--batch", "64", "--hidden", "16", "--sg-hidden", "16",
         "--val-size", "300", "--seed", "0", "--no-progress"]  # fmt: skip
@@ -241,6 +242,25 @@ def test_extending_a_run_keeps_its_learning_rate_milestones(tmp_path, capsys):
     assert load_checkpoint(out / "checkpoint.npz")[1]["lr_milestones"] == first
     lrs = [m["lr"] for m in read_metrics(out)]
     assert lrs[1] == lrs[2] == pytest.approx(lrs[0]) and lrs[0] < 1e-3  # decayed in epoch 1, and stays so
+
+
+def test_iterations_stop_the_run_at_an_exact_step_with_the_decay_at_fractions_of_it(tmp_path, capsys):
+    """--iterations N: exactly N steps (the last epoch cut short), the learning rates divided at round(0.6 N) and
+    round(0.8 N) - the paper's 300k and 400k of 500k - whatever the epoch length; a finished run refuses to resume."""
+    probe = tmp_path / "probe"
+    train_run(capsys, probe, "--mode", "cdni", "--epochs", "1", "--lr-decay-at", "none")
+    n_batches = read_metrics(probe)[0]["step"]
+    out, n = tmp_path / "run", n_batches + 5
+    train_run(capsys, out, "--mode", "cdni", "--epochs", "3", "--iterations", n)
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [n_batches, n]  # two epochs, the second 5 steps long
+    meta = load_checkpoint(out / "checkpoint.npz")[1]
+    assert meta["lr_milestones"] == [round(0.6 * n), round(0.8 * n)] and meta["step"] == n
+    assert metrics[-1]["lr"] == pytest.approx(TrainConfig.lr * 0.01)  # both milestones passed within the run
+    _, stderr = train_run(capsys, out, "--mode", "cdni", "--epochs", "3", "--iterations", n, "--resume", expect=1)
+    assert f"already >= iterations={n}" in stderr
+    _, stderr = train_run(capsys, tmp_path / "short", "--epochs", "1", "--iterations", n, expect=1)
+    assert f"iterations={n} needs at least 2 epochs" in stderr
 
 
 @pytest.mark.parametrize("crash", ["fake-line", "crash-between-metrics-and-checkpoint"])
@@ -494,6 +514,28 @@ def test_bench_prints_json_lines(capsys):
     assert result["matmul_fraction"] > 0
 
 
+def test_bench_times_the_cnn_it_names(capsys):
+    """cnn_bprop times CNN 3: its products are exactly those of two 5x5 convolutions (forward, dW; dx for the second,
+    as a convolution of dout) and of the linear layer (forward, dW, dx), counted in FLOPs at batch 4."""
+    rc, stdout, _ = cli(capsys, "bench", "--modes", "cnn_bprop", "--batch", "4", "--steps", "1", "--repeats", "1")
+    assert rc == 0
+    result = json.loads(stdout.splitlines()[-1])
+    conv0 = 28 * 28 * (5 * 5 * 1) * 32  # per example: 784 positions, 25 inputs, 32 channels
+    conv1 = 14 * 14 * (5 * 5 * 32) * 32
+    linear = 32 * 7 * 7 * 10
+    flops = 2 * 4 * (2 * conv0 + 3 * conv1 + 3 * linear)
+    assert result["arch"] == "cnn" and result["threads"] >= 1 and "vs_torch" not in result
+    assert result["gflop_per_step"] == round(flops / 1e9, 4)
+    assert result["steps_per_timing"] == 1 and 0 < result["matmul_fraction"]
+
+
+def test_bench_vs_torch_without_torch_says_what_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed: `import torch` fails
+    rc, _, stderr = cli(capsys, "bench", "--modes", "bprop", "--vs", "torch", "--batch", "4", "--steps", "1",
+                        "--repeats", "1")  # fmt: skip
+    assert rc == 1 and "pip install -e '.[bench]'" in stderr
+
+
 @pytest.mark.parametrize("modes", ["nope", "cdni,nope", ","])
 def test_bench_unknown_mode(capsys, modes):
     with pytest.raises(SystemExit) as e:
@@ -591,6 +633,25 @@ def test_threads_reaches_the_train_config(tmp_path, capsys, monkeypatch):
     for flags, expected in (([], DEFAULT_THREADS), (["--threads", "2"], 2)):
         assert cli(capsys, "train", *TINY, "--out", tmp_path / "run", *flags)[0] == 0
         assert seen[-1].threads == expected
+
+
+def test_table1_takes_modes_seeds_and_an_sg_rate_and_the_others_refuse_them(tmp_path, capsys, monkeypatch):
+    from minidni.experiments import feedforward
+
+    seen = []
+    monkeypatch.setattr(feedforward, "run_experiment", lambda *a, **kw: seen.append(kw))
+    rc, _, _ = cli(capsys, "experiment", "table1", "--budget", "paper", "--models", "fcn3", "--modes", "cdni,bprop",
+                   "--seeds", "0", "--sg-lr", "1.5e-7", "--out", tmp_path)  # fmt: skip
+    assert rc == 0 and seen[-1]["modes"] == ("cdni", "bprop") and seen[-1]["seeds"] == (0,)
+    assert seen[-1]["sg_lr"] == 1.5e-7
+    cli(capsys, "experiment", "table1", "--out", tmp_path)
+    assert not {"modes", "seeds", "sg_lr"} & set(seen[-1])  # table1's own runs unless told
+    for argv in (["table1", "--modes", "bptt"], ["stochastic", "--seeds", "1"], ["unlock", "--sg-lr", "1e-5"],
+                 ["copy", "--sg-lr", "1e-5"], ["staleness", "--sg-lr", "1e-5"]):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            main(["experiment", *argv, "--out", str(tmp_path)])
+        assert e.value.code == 2, argv
+        assert "--" in capsys.readouterr().err
 
 
 def test_threads_reaches_the_experiments_and_the_bench(tmp_path, capsys, monkeypatch):

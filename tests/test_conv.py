@@ -88,17 +88,6 @@ def test_conv2d_int_and_pair_settings_agree():
     assert np.array_equal(F.conv2d_forward(x, W, None, 2, 1)[0], F.conv2d_forward(x, W, None, (2, 2), (1, 1))[0])
 
 
-def test_im2col_without_stride_tricks_gives_the_same_patches(monkeypatch):
-    """The fallback for array libraries without sliding_window_view (a loop over kernel offsets) is the same copy."""
-    x = np.random.default_rng(2).standard_normal((2, 3, 7, 6))
-    for kernel, stride, padding in CONV_CASES:
-        fast = F.im2col(x, kernel, stride, padding)
-        monkeypatch.setattr(F, "_sliding_window_view", lambda xp: None)
-        slow = F.im2col(x, kernel, stride, padding)
-        monkeypatch.undo()
-        assert np.array_equal(fast, slow), (kernel, stride, padding)
-
-
 @pytest.mark.parametrize("kernel,stride,padding", CONV_CASES)
 def test_conv2d_backward(kernel, stride, padding):
     """dx (col2im summing overlapping patches), dW and db against central differences."""
@@ -274,7 +263,7 @@ def test_cnn_blocks_shapes(depth, in_shape):
 
 def test_cnn_blocks_layers_and_errors():
     stacks = cnn_blocks(3)
-    assert [type(layer).__name__ for layer in stacks[0].layers] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert [type(layer).__name__ for layer in stacks[0].layers] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
     assert "b" not in stacks[0].layers[0].params and stacks[0].layers[0].params["W"].shape == (32, 1, 5, 5)
     assert "b" in cnn_blocks(2, batchnorm=False)[0].layers[0].params
     assert stacks[-1].layers[-1].d_in == 32 * 7 * 7
@@ -282,6 +271,47 @@ def test_cnn_blocks_layers_and_errors():
         cnn_blocks(1)
     with pytest.raises(ValueError, match="pooled away by block 4"):  # 28 -> 14 -> 7 -> 3 -> 1 -> 0
         cnn_blocks(6, in_shape=(1, 28, 28), pool=(2, 2, 0))
+
+
+def test_conv_reuses_its_patch_buffers_only_when_no_cache_holds_them():
+    """Conv2d writes im2col's patch matrix into a buffer it keeps for the next step (no 100+ MB faulted in afresh),
+    but only once no cache holds it: with two batches in flight (as under DNI) the first one's cache stays intact
+    and its backward still gives its own gradient."""
+    rng = np.random.default_rng(0)
+    conv, fresh = Conv2d(2, 3, 3, rng=np.random.default_rng(1)), Conv2d(2, 3, 3, rng=np.random.default_rng(1))
+    x1, x2 = rng.standard_normal((2, 4, 2, 6, 6)).astype(np.float32)
+    dy = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    _, cache1 = conv.forward(x1)
+    patches1 = cache1[0].copy()
+    _, cache2 = conv.forward(x2)  # batch 1 still in flight
+    assert not np.shares_memory(cache2[0], cache1[0])
+    np.testing.assert_array_equal(cache1[0], patches1)
+    np.testing.assert_array_equal(conv.backward(dy, cache1), fresh.backward(dy, fresh.forward(x1)[1]))
+    address = cache2[0].ctypes.data
+    del cache2  # nothing holds batch 2's patches any more: the next forward writes into them
+    _, cache3 = conv.forward(x1)
+    assert cache3[0].ctypes.data == address
+    np.testing.assert_array_equal(cache3[0], patches1)
+
+
+def test_pooling_before_the_relu_is_the_same_function_and_gradient():
+    """cnn_blocks pools before the ReLU (a quarter of the ReLU's work): a maximum commutes with the monotone ReLU, so
+    the outputs and the input gradients are those of ReLU -> pool, bit for bit - with ties, windows whose maximum is
+    zero or negative, and overlapping windows (3x3, stride 2) among them."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, size=(4, 3, 12, 12)).astype(np.float32)  # small integers: many ties and zeros
+    x[0, 0] = -1.0  # a whole map with no positive number
+    dy = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    pool, relu = MaxPool2d(3, 2, 1), ReLU()
+    r, relu_cache = relu.forward(x)
+    y_relu_first, pool_cache = pool.forward(r)
+    dx_relu_first = relu.backward(pool.backward(dy, pool_cache), relu_cache)
+    p, pool_cache = pool.forward(x)
+    y_pool_first, relu_cache = relu.forward(p)
+    dx_pool_first = pool.backward(relu.backward(dy, relu_cache), pool_cache)
+    np.testing.assert_array_equal(y_pool_first, y_relu_first)
+    np.testing.assert_array_equal(dx_pool_first, dx_relu_first)
+    assert (dx_pool_first != 0).sum() > 10  # the gradient reached the inputs: the comparison is not of zeros
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -10,7 +10,7 @@ import pytest
 from minidni import cli
 from minidni.data import datasets as data
 from minidni.experiments import feedforward as experiments
-from minidni.runs.train import TrainConfig
+from minidni.runs.train import TrainConfig, lr_milestones, run_steps
 
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py: temporary data cache, numpy backend
 
@@ -57,15 +57,29 @@ def run_cli(capsys, *argv):
 
 
 def test_the_paper_budget_is_the_papers_schedule():
+    """Exactly 500k steps of batch 256, Adam at 3e-5 for layers and SG modules alike, / 10 at exactly 300k and 400k
+    (not at the nearest epoch); the epochs cover the steps, the last one cut short."""
     cfg = experiments.budget_config("paper", "fcn3", mode="cdni")
     steps_per_epoch = 55_000 // cfg.batch  # MNIST's 60k minus the 5k validation rows
-    assert cfg.batch == 256 and cfg.lr == 3e-5 and cfg.lr_decay_at == (0.6, 0.8) and cfg.lr_gamma == 0.1
+    assert cfg.batch == 256 and cfg.lr == 3e-5 and cfg.sg_lr == 3e-5 and cfg.lr_gamma == 0.1
+    assert cfg.iterations == 500_000
     assert 500_000 <= cfg.epochs * steps_per_epoch < 500_000 + steps_per_epoch
-    assert cfg.sg_lr / cfg.lr == pytest.approx(TrainConfig.sg_lr / TrainConfig.lr)
+    assert lr_milestones(cfg, steps_per_epoch) == [300_000, 400_000]
+    assert run_steps(cfg, steps_per_epoch) == 500_000
     cifar = experiments.budget_config("paper", "cnn3", "cifar10")  # 45,000 training images: more epochs
     assert 500_000 <= cifar.epochs * (45_000 // 256) < 500_000 + 45_000 // 256
-    cnn = experiments.budget_config("paper", "cnn3", mode="cdni")
-    assert cnn.sg_lr / cnn.lr == pytest.approx(experiments.CNN_SG_LR / TrainConfig.lr)
+    assert lr_milestones(cifar, 45_000 // 256) == [300_000, 400_000]
+    assert experiments.budget_config("paper", "fcn3", mode="cdni", sg_lr=1.5e-7).sg_lr == 1.5e-7
+
+
+def test_table1_selects_modes_seeds_and_an_sg_rate():
+    runs = experiments.table1_runs("paper", models=("fcn3",), modes=("bprop", "cdni"), seeds=(0,), sg_lr=1.5e-7)
+    assert [r.name for r in runs] == ["fcn3-bprop-seed0-sg_lr1.5e-07", "fcn3-cdni-seed0-sg_lr1.5e-07"]
+    assert all(r.cfg.sg_lr == 1.5e-7 and r.cfg.iterations == 500_000 for r in runs)
+    default = experiments.table1_runs("short", models=("fcn3",), modes=("cdni",))
+    assert [r.cfg.seed for r in default] == [0, 1, 2] and all(r.cfg.sg_lr == TrainConfig.sg_lr for r in default)
+    with pytest.raises(ValueError, match="table1 only"):
+        experiments.run_experiment("stochastic", "smoke", "unused", modes=("dni",))
 
 
 def test_the_short_budget_gives_conv_modules_their_own_sg_learning_rate():

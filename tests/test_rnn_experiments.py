@@ -293,8 +293,11 @@ def test_cli_refuses_image_flags_for_recurrent_experiments(tmp_path, capsys, rec
     assert recorded == []
 
 
-@pytest.mark.parametrize("flags", [["--text", "ptb:/data/ptb"], ["--seeds", "0,1"], ["--seeds", "1"]])
-@pytest.mark.parametrize("name", ["table1", "unlock"])
+@pytest.mark.parametrize(
+    "name,flags",
+    [("table1", ["--text", "ptb:/data/ptb"]), ("unlock", ["--text", "ptb:/data/ptb"]), ("unlock", ["--seeds", "0,1"]),
+     ("unlock", ["--seeds", "1"]), ("stochastic", ["--modes", "dni"])],  # table1 takes --seeds and --modes
+)  # fmt: skip
 def test_cli_refuses_recurrent_flags_for_image_experiments(tmp_path, capsys, name, flags, monkeypatch):
     from minidni.experiments import feedforward as experiments
 

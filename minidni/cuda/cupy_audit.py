@@ -62,6 +62,7 @@ HOST_ONLY = {
     "experiments/recurrent.py": "starts runs and reads their metrics",
     "experiments/modes.py": "starts runs, reads their metrics and timelines, draws them",
     "runs/threads.py": "BLAS thread counts, no arrays",
+    "experiments/torch_reference.py": "PyTorch's CPU step, built from a NumPy network on the host (bench --vs torch)",
     "runs/timeline.py": "records times, not arrays",
     "core/gradcheck.py": "float64 numerical checks on host copies (to_numpy first)",
     "experiments/bench.py": "times the engine on the numpy backend only (the GPU benchmark is cuda/bench.py)",

@@ -60,6 +60,8 @@ TIMELINE = "timeline"  # --timeline N: timeline.json (the events), timeline.png 
 RESUMABLE_CHANGES = (
     "epochs", "out", "progress", "data_dir", "kernels", "timeline", "max_inflight", "wait_timeout", "threads"
 )
+PLOT_EVERY_EPOCH_UNTIL = 100  # learning curves redrawn after each of the first 100 epochs,
+PLOT_INTERVAL_S = 60.0  # then at most once a minute (and after the last epoch)
 KERNELS = ("auto", "fused", "unfused", "emulator")
 WORKERS = ("process", "thread", "mpi")  # where a run's blocks can live: minidni.parallel.workers
 TRAIN_MODES = MODES + ("feedback",)  # feedback: minidni.dni.feedback's per-block error signals (bp, fa, dfa, sg)
@@ -73,7 +75,7 @@ class TrainConfig:
     data_label: str = None  # what the data are called in logs, titles and tables when train() is given arrays
     #                         (data=) that are not cfg.data itself but shaped like it, e.g. "stand-in" (None: data)
     model: str = "fcn3"  # "fcnN": N-1 hidden blocks (Linear -> BN -> ReLU) + a linear output layer;
-    #                      "cnnN": N-1 conv blocks (5x5 conv -> BN -> ReLU -> max pool) + a linear output layer
+    #                      "cnnN": N-1 conv blocks (5x5 conv -> BN -> max pool -> ReLU) + a linear output layer
     mode: str = "cdni"  # bprop | nobprop | dni | cdni | feedback (an error-signal strategy per block: `signals`)
     signals: str = None  # mode feedback (minidni.dni.feedback): bp | fa | dfa | sg per hidden block, comma-separated,
     #                      or one name for every block, e.g. "dfa" or "fa,sg"
@@ -98,6 +100,8 @@ class TrainConfig:
     lr_decay_at: tuple = (0.6, 0.8)  # fractions of the run after which every lr is multiplied by lr_gamma
     lr_gamma: float = 0.1  # (the paper: / 10 at 300k and 400k of 500k iterations, i.e. at 0.6 and 0.8)
     epochs: int = 10
+    iterations: int = None  # if set, the run stops after exactly this many steps (its last epoch cut short) and
+    #                         lr_decay_at are fractions of it: the paper's 500k steps, / 10 at exactly 300k and 400k
     batch: int = 256
     seed: int = 0
     val_size: int = None  # validation rows carved from the training set, to tune on (None: mnist 5000, spirals 300)
@@ -171,6 +175,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
         if self.sg_clip is not None and not (math.isfinite(self.sg_clip) and self.sg_clip > 0):
             raise ValueError(f"sg_clip must be a positive finite number or None, got {self.sg_clip}")
+        if self.iterations is not None and not (isinstance(self.iterations, int) and self.iterations >= 1):
+            raise ValueError(f"iterations must be a positive integer or None, got {self.iterations!r}")
         for name in ("val_size", "train_subset", "test_subset", "timeline"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -203,6 +209,8 @@ def check_workers_config(cfg):
         raise ValueError(f"a run in workers trains mode bprop, dni or cdni, got {cfg.mode!r}")
     if cfg.p_update < 1 or cfg.unlock:
         raise ValueError("stochastic updates (--p-update) and complete unlock run in one process, not in workers")
+    if cfg.iterations is not None:
+        raise ValueError("--iterations (a run cut at an exact step) runs in one process, not in workers")
     if cfg.sg_target != "bootstrap":
         raise ValueError("in workers the SG modules learn from bootstrapped targets only (sg_target='bootstrap')")
     if cfg.kernels not in ("auto", "unfused"):
@@ -432,10 +440,22 @@ def write_metrics(out, metrics):
     write_jsonl(os.path.join(out, METRICS), metrics)
 
 
+def run_steps(cfg, n_batches):
+    """How many steps the run trains: cfg.iterations if set, else cfg.epochs epochs of n_batches steps."""
+    if cfg.iterations is None:
+        return cfg.epochs * n_batches
+    if cfg.iterations > cfg.epochs * n_batches:
+        raise ValueError(
+            f"iterations={cfg.iterations} needs at least {math.ceil(cfg.iterations / n_batches)} epochs of "
+            f"{n_batches} steps, got epochs={cfg.epochs}"
+        )
+    return cfg.iterations
+
+
 def lr_milestones(cfg, n_batches):
     """The steps after which every learning rate is multiplied by cfg.lr_gamma: the fractions cfg.lr_decay_at
-    of a run of cfg.epochs epochs of n_batches steps (a run in workers uses the same ones)."""
-    return [max(1, round(f * cfg.epochs * n_batches)) for f in cfg.lr_decay_at]
+    of the run's steps (run_steps; a run in workers uses the same ones)."""
+    return [max(1, round(f * run_steps(cfg, n_batches))) for f in cfg.lr_decay_at]
 
 
 def network_state(net, shuffle_rng, epoch, step, milestones, cfg):
@@ -469,6 +489,10 @@ def _check_resumable(cfg, meta):
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diffs)
         raise CheckpointError(f"cannot resume: the configuration differs from the checkpoint's ({detail})")
+    if cfg.iterations is not None and meta["step"] >= cfg.iterations:
+        raise CheckpointError(
+            f"cannot resume: the checkpoint is at step {meta['step']}, already >= iterations={cfg.iterations}"
+        )
     if meta["epoch"] >= cfg.epochs:
         raise CheckpointError(
             f"cannot resume: the checkpoint is at epoch {meta['epoch']}, already >= epochs={cfg.epochs}"
@@ -560,9 +584,14 @@ def _train(cfg, resume, log, data):
         f"{', signals=' + cfg.signals if cfg.signals else ''}) on {cfg.data_label or cfg.data}: "
         f"{x_tr.shape[0]} train / {x_val.shape[0]} val / {x_te.shape[0]} test rows, {n_batches} steps per epoch"
     )
+    total_steps = run_steps(cfg, n_batches)
+    last_plot = -math.inf
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        if step >= total_steps:  # --iterations reached (a resumed run given more epochs than it needs)
+            break
         t0 = time.perf_counter()
-        bar = _progress(range(n_batches), cfg.progress, f"epoch {epoch}/{cfg.epochs}")
+        batches = min(n_batches, total_steps - step)  # the last epoch of an --iterations run is cut short
+        bar = _progress(range(batches), cfg.progress, f"epoch {epoch}/{cfg.epochs}")
         record = {"epoch": epoch}
         trained, step = _train_epoch(net, x_tr, y_tr, shuffle_rng, schedule, step, cfg.batch, bar, after_step)
         record.update(trained)
@@ -581,8 +610,13 @@ def _train(cfg, resume, log, data):
         arrays, meta = network_state(net, shuffle_rng, epoch, step, milestones, cfg)
         save_checkpoint(ckpt_path, arrays, meta)
         log(epoch_summary(record))
-        plot_learning_curves(metrics, os.path.join(out, CURVES),
-                             title=f"{cfg.model} {cfg.mode} on {cfg.data_label or cfg.data}")  # fmt: skip
+        # the curves after every epoch, except in runs of thousands of short epochs (the paper's schedule), where
+        # redrawing them would cost more than the epoch: there at most once a minute, and after the last epoch
+        last = epoch == cfg.epochs or step >= total_steps
+        if last or time.perf_counter() - last_plot >= PLOT_INTERVAL_S or epoch <= PLOT_EVERY_EPOCH_UNTIL:
+            plot_learning_curves(metrics, os.path.join(out, CURVES),
+                                 title=f"{cfg.model} {cfg.mode} on {cfg.data_label or cfg.data}")  # fmt: skip
+            last_plot = time.perf_counter()
     if after_step is not None:
         after_step(last=True)  # a run shorter than --timeline steps still writes what it recorded
     return metrics
