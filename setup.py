@@ -60,8 +60,9 @@ setup(
         # CuPy loads come as wheels, so a machine needs only the NVIDIA driver (R580 or newer for CUDA 13)
         "gpu": ["cupy-cuda13x[ctk]>=14.2,<15"],
         # the PyTorch yardstick of `python -m minidni bench --vs torch` (minidni.experiments.torch_reference), for the
-        # benchmark only: nothing else imports torch. PyPI's default Linux wheel is the large CUDA build; the CPU
-        # build is enough, from whichever index the user points pip at (PyTorch's CPU-only index, for one)
+        # benchmark only: nothing else imports torch. PyPI's default Linux wheel is the large CUDA build, which also
+        # pins its own NVRTC: the CPU build is enough, from whichever index the user points pip at (PyTorch's
+        # CPU-only index, for one), and a CUDA build belongs in a venv other than the one the tests run in
         "bench": ["torch>=2.1"],
         "docs": [  # the documentation site: pip install -e '.[docs]', then see docs/README.md
             "sphinx>=7.4",  # builds the site; autodoc renders the API reference from the docstrings

@@ -292,6 +292,10 @@ def test_conv_reuses_its_patch_buffers_only_when_no_cache_holds_them():
     _, cache3 = conv.forward(x1)
     assert cache3[0].ctypes.data == address
     np.testing.assert_array_equal(cache3[0], patches1)
+    del cache3
+    _, evaluated = conv.forward(rng.standard_normal((9, 2, 6, 6)).astype(np.float32), train=False)
+    assert evaluated[0].ctypes.data != address  # evaluation's batches get patches of their own, freed after
+    assert conv.forward(x2)[1][0].ctypes.data == address  # and training keeps its buffer
 
 
 def test_pooling_before_the_relu_is_the_same_function_and_gradient():

@@ -273,7 +273,7 @@ class Conv2d(Layer):
         # a snapshot, as in Linear: the weight matrix the cache holds is W reshaped, which is a copy for most
         # shapes but a view of W itself for C_in = 1 or a 1x1 kernel
         W = self.snapshot("W")  # (C_out, C_in, KH, KW)
-        cols = functools.partial(self.reusable, "cols")  # the patch matrix's buffer, reused across steps
+        cols = functools.partial(self.reusable, "cols") if train else None  # reused across training steps only
         return F.conv2d_forward(x, W, self.params.get("b"), self.stride, self.padding, workspace=cols)
 
     def backward(self, dy, cache, need_dx=True):

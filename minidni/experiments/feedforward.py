@@ -21,7 +21,7 @@ Budgets
     paper   the paper's schedule: exactly 500k iterations of batch 256, Adam at lr 3e-5 for the layers and the SG
             modules alike (the paper's SG rate is not in our notes; the independent reproductions we know of use
             one rate for everything; --sg-lr sets another), every rate divided by 10 at exactly 300k and 400k.
-            About an hour per FCN 3 run on one core here; days for the CNNs.
+            An hour or more per FCN 3 run on a quiet 2-core CPU (docs/results.md); about two weeks per CNN run.
 
 What this module deliberately is not: a hyperparameter search. Each budget is one fixed schedule, written here.
 """
