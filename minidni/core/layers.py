@@ -48,9 +48,9 @@ class Layer:
 
     def snapshot(self, name):
         """A copy of params[name] that no update changes, for a forward to compute with and cache (Linear.forward)."""
-        copy = self.reusable(name, self.params[name].shape, self.params[name].dtype)
-        copy[...] = self.params[name]  # nothing else holds the buffer (see reusable): no cache can see this write
-        return copy
+        snap = self.reusable(name, self.params[name].shape, self.params[name].dtype)
+        snap[...] = self.params[name]  # nothing else holds the buffer (see reusable): no cache can see this write
+        return snap
 
     def reusable(self, name, shape, dtype):
         """A buffer to write into (and perhaps cache): the last one under `name` if no cache holds it any more (its
