@@ -126,11 +126,10 @@ def table1_runs(budget, data="mnist", models=TABLE1_MODELS, modes=MODES, seeds=N
         for mode in [m for m in ("nobprop", "bprop", "cdni", "dni") if m in modes]:
             for model in family:
                 multi_seed = mode in ("bprop", "cdni") and budget != "smoke" and model.startswith("fcn")
+                variant = {} if sg_lr is None else {"sg_lr": sg_lr}  # in the config and in the run's name
                 for seed in seeds or ((0, 1, 2) if multi_seed else (0,)):
-                    fields = {} if sg_lr is None else {"sg_lr": sg_lr}
-                    cfg = budget_config(budget, model, data, mode=mode, seed=seed, **fields)
-                    key = {"model": model, "mode": mode, "seed": seed, **({} if sg_lr is None else {"sg_lr": sg_lr})}
-                    runs.append(Run(key, cfg))
+                    cfg = budget_config(budget, model, data, mode=mode, seed=seed, **variant)
+                    runs.append(Run({"model": model, "mode": mode, "seed": seed, **variant}, cfg))
     return runs
 
 
